@@ -1,0 +1,1 @@
+"""Inference: runners, MTCNN cascade, alignment, embedder, model cards and the committed models."""

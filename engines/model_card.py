@@ -1,0 +1,168 @@
+"""Model cards: the YAML beside each model that says how to feed and read it.
+
+A new embedding model (an ArcFace 112x112 ONNX, say) is a new card, not new
+code: input size, channel order, normalisation, alignment template, metric and
+threshold all come from here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+CARD_VERSION = 1
+ROLES = ("pnet", "rnet", "onet", "embedder")
+METRICS = ("euclidean", "cosine")
+
+
+class ModelCardError(ValueError):
+    """A model card is missing a key or has a value outside what is allowed."""
+
+
+@dataclass(frozen=True)
+class Alignment:
+    chip_size: tuple[int, int]  # width, height
+    template: np.ndarray  # 5x2 landmark positions in chip pixels
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    path: Path
+    id: str
+    role: str
+    file: str
+    input_name: str
+    input_size: tuple[int, int] | None  # width, height; None where dynamic
+    channel_order: str
+    mean: np.ndarray  # per channel, subtracted first
+    scale: float  # multiplied after the mean is subtracted
+    outputs: dict[str, str]
+    metric: str | None
+    normalize: bool
+    threshold: float | None
+    threshold_source: str | None
+    embedding_dim: int | None
+    alignment: Alignment | None
+    source: dict[str, str]
+    licence: str
+
+    @property
+    def model_path(self) -> Path:
+        return self.path.parent / self.file
+
+    def preprocess(self, images_rgb: np.ndarray) -> np.ndarray:
+        """NHWC RGB uint8 (or float) -> normalised NCHW float32 in the card's channel order."""
+        batch = images_rgb.astype(np.float32)
+        if self.channel_order == "BGR":
+            batch = batch[..., ::-1]
+        batch = (batch - self.mean) * self.scale
+        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+def load_card(path: Path) -> ModelCard:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        raise ModelCardError(f"{path}: not valid YAML: {error}") from error
+    return _Reader(path, raw).card()
+
+
+def load_cards(models_dir: Path) -> list[ModelCard]:
+    return [load_card(p) for p in sorted(Path(models_dir).glob("*.yaml"))]
+
+
+def find_card(models_dir: Path, role: str) -> ModelCard:
+    """The single card for a role (e.g. 'pnet') in a folder of models."""
+    matches = [card for card in load_cards(models_dir) if card.role == role]
+    if len(matches) != 1:
+        raise ModelCardError(f"{models_dir}: expected one model card with role {role!r}, found {len(matches)}")
+    return matches[0]
+
+
+class _Reader:
+    """Reads values by key path so every error names the key, the value and what is allowed."""
+
+    KEYS = {"card_version", "id", "role", "file", "input", "outputs", "embedding", "alignment",
+            "source", "licence"}
+
+    def __init__(self, path: Path, raw: Any) -> None:
+        self.path = Path(path)
+        if not isinstance(raw, dict):
+            raise ModelCardError(f"{path}: a model card must be a mapping, got {type(raw).__name__}")
+        self.raw = raw
+        unknown = sorted(set(raw) - self.KEYS)
+        if unknown:
+            self.fail(unknown[0], raw[unknown[0]], f"one of {sorted(self.KEYS)}")
+
+    def fail(self, key: str, value: Any, allowed: str) -> None:
+        raise ModelCardError(f"{self.path}: {key} = {value!r} is not allowed: expected {allowed}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
+        node: Any = self.raw
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None and not required:
+            return None
+        if not isinstance(node, kind) or isinstance(node, bool) and kind is not bool:
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            self.fail(key, node, f"a {names}")
+        return node
+
+    def numbers(self, key: str, shape: tuple[int, ...], required: bool = True) -> np.ndarray | None:
+        value = self.get(key, (list, int, float), required)
+        if value is None:
+            return None
+        try:
+            array = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            array = None
+        if array is None or array.shape != shape and not (shape == (3,) and array.shape == ()):
+            self.fail(key, value, f"numbers of shape {list(shape)}")
+        return np.broadcast_to(array, shape).copy()
+
+    def card(self) -> ModelCard:
+        version = self.get("card_version", int)
+        if version != CARD_VERSION:
+            self.fail("card_version", version, f"{CARD_VERSION}")
+        role = self.get("role", str)
+        if role not in ROLES:
+            self.fail("role", role, f"one of {list(ROLES)}")
+        order = self.get("input.channel_order", str)
+        if order not in ("RGB", "BGR"):
+            self.fail("input.channel_order", order, "RGB or BGR")
+        if self.get("input.layout", str) != "NCHW":
+            self.fail("input.layout", self.raw["input"]["layout"], "NCHW")
+        size = self.numbers("input.size", (2,), required=role != "pnet")
+        scale = self.get("input.scale", (int, float))
+        if scale <= 0:
+            self.fail("input.scale", scale, "a positive number")
+        outputs = self.get("outputs", dict)
+        embedder = role == "embedder"
+        return ModelCard(
+            path=self.path, id=self.get("id", str), role=role, file=self.get("file", str),
+            input_name=self.get("input.name", str),
+            input_size=None if size is None else (int(size[0]), int(size[1])),
+            channel_order=order, mean=self.numbers("input.mean", (3,)), scale=float(scale),
+            outputs={str(k): str(v) for k, v in outputs.items()},
+            metric=self._metric() if embedder else None,
+            normalize=bool(self.get("embedding.normalize", bool)) if embedder else False,
+            threshold=float(self.get("embedding.threshold", (int, float))) if embedder else None,
+            threshold_source=self.get("embedding.threshold_source", str) if embedder else None,
+            embedding_dim=self.get("embedding.dim", int) if embedder else None,
+            alignment=self._alignment() if embedder else None,
+            source={str(k): str(v) for k, v in self.get("source", dict).items()},
+            licence=self.get("licence", str))
+
+    def _metric(self) -> str:
+        metric = self.get("embedding.metric", str)
+        if metric not in METRICS:
+            self.fail("embedding.metric", metric, f"one of {list(METRICS)}")
+        return metric
+
+    def _alignment(self) -> Alignment:
+        size = self.numbers("alignment.chip_size", (2,))
+        return Alignment(chip_size=(int(size[0]), int(size[1])),
+                         template=self.numbers("alignment.template", (5, 2)))

@@ -1,0 +1,20 @@
+"""Shared fixtures: paths to the repository and to the optional ../shared data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+MODELS = REPO / "engines" / "models"
+DEMO_CLIP = REPO / "daemon" / "demo" / "video_02_hikers_walking_towards_camera.mp4"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data, or a skip: development photos never ship with the project."""
+    path = SHARED / "data"
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent: development data is only on development machines")
+    return path

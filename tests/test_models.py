@@ -1,0 +1,106 @@
+"""The committed models: present, unmodified, loadable, and described by valid cards."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import yaml
+
+from engines import manifest
+from engines.model_card import ModelCardError, load_card, load_cards
+from tests.conftest import MODELS, REPO
+
+CARDS = load_cards(MODELS)
+
+
+def test_every_manifest_entry_matches_its_file():
+    names = manifest.verify(MODELS)
+    assert set(names) == {card.file for card in CARDS}
+    assert {"mtcnn_pnet.onnx", "mtcnn_rnet.onnx", "mtcnn_onet.onnx", "dlib_resnet_v1.onnx"} <= set(names)
+
+
+def test_a_modified_model_is_caught(tmp_path):
+    copy = tmp_path / "models"
+    shutil.copytree(MODELS, copy)
+    with open(copy / "mtcnn_pnet.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(manifest.ManifestError, match="mtcnn_pnet.onnx: sha256"):
+        manifest.verify(copy)
+
+
+def test_an_unlisted_model_is_caught(tmp_path):
+    copy = tmp_path / "models"
+    shutil.copytree(MODELS, copy)
+    (copy / "extra.onnx").write_bytes(b"x")
+    with pytest.raises(manifest.ManifestError, match="extra.onnx is not listed"):
+        manifest.verify(copy)
+
+
+@pytest.mark.parametrize("card", CARDS, ids=[c.role for c in CARDS])
+def test_each_model_loads_and_matches_its_card(card):
+    session = ort.InferenceSession(str(card.model_path), providers=["CPUExecutionProvider"])
+    [model_input] = session.get_inputs()
+    assert model_input.name == card.input_name
+    assert model_input.shape[1] == 3
+    if card.input_size is not None:
+        assert model_input.shape[2:] == [card.input_size[1], card.input_size[0]]
+    assert set(card.outputs.values()) == {o.name for o in session.get_outputs()}
+
+    width, height = card.input_size or (64, 48)
+    batch = card.preprocess(np.full((2, height, width, 3), 128, np.uint8))
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {card.input_name: batch})))
+    for name, value in outputs.items():
+        assert value.shape[0] == 2, f"{card.file}:{name} lost the dynamic batch"
+        assert np.isfinite(value).all()
+    if card.role == "embedder":
+        assert outputs[card.outputs["embedding"]].shape == (2, card.embedding_dim)
+    else:
+        assert np.allclose(outputs[card.outputs["prob"]].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_cards_say_where_the_threshold_and_weights_come_from():
+    [embedder] = [c for c in CARDS if c.role == "embedder"]
+    assert embedder.threshold > 0 and embedder.threshold_source
+    assert embedder.alignment.template.shape == (5, 2)
+    for card in CARDS:
+        assert card.source["package"] and card.source["version"] and card.licence
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(role="detector"), "role = 'detector'"),
+    (lambda c: c["input"].update(channel_order="RGBA"), "input.channel_order = 'RGBA'"),
+    (lambda c: c["embedding"].update(metric="manhattan"), "embedding.metric = 'manhattan'"),
+    (lambda c: c["alignment"].update(template=[[1, 2]]), "alignment.template"),
+    (lambda c: c["input"].update(scale=0), "input.scale = 0"),
+    (lambda c: c.update(colour="blue"), "colour = 'blue'"),
+    (lambda c: c.pop("licence"), "licence = None"),
+])
+def test_a_bad_card_names_the_key_and_value(tmp_path, change, message):
+    raw = yaml.safe_load((MODELS / "dlib_resnet_v1.yaml").read_text())
+    change(raw)
+    path = tmp_path / "card.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ModelCardError) as error:
+        load_card(path)
+    assert message in str(error.value)
+
+
+def test_export_check_passes_on_the_committed_models():
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "export_models.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "4 model files match MANIFEST" in result.stdout
+
+
+def test_export_check_fails_on_a_tampered_copy(tmp_path):
+    copy = tmp_path / "models"
+    shutil.copytree(MODELS, copy)
+    (copy / "mtcnn_rnet.onnx").write_bytes(b"tampered")
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "export_models.py"), "--check", "--out", str(copy)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "mtcnn_rnet.onnx: sha256" in result.stderr
