@@ -1,0 +1,390 @@
+"""The event log: what happened at the door, in its own SQLite file.
+
+Writing never raises: a full disk, a locked or broken database each cost a log line (logger
+`facegate.events`, rate-limited) and a count, and the events wait in a bounded in-memory
+backlog that the next successful write flushes — the door keeps working either way.
+Reading (the operator's tools) raises EventLogError with a clear message.
+
+Face snapshots are biometric data: they are kept only when asked for (keep_snapshots) and
+live in their own table, deleted with their event.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator
+
+log = logging.getLogger("facegate.events")
+
+SCHEMA_VERSION = 1
+_SCHEMA = (
+    # AUTOINCREMENT: ids are never reused after pruning, so "everything after id N" stays a
+    # valid incremental export.
+    """CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time TEXT NOT NULL,
+        unix REAL NOT NULL,
+        door TEXT,
+        kind TEXT NOT NULL,
+        person_id INTEGER,
+        person_name TEXT,
+        external_id TEXT,
+        score REAL,
+        track_id INTEGER,
+        reason TEXT
+    )""",
+    "CREATE INDEX events_unix ON events (unix)",
+    "CREATE INDEX events_kind ON events (kind, unix)",
+    """CREATE TABLE snapshots (
+        event_id INTEGER PRIMARY KEY REFERENCES events (id) ON DELETE CASCADE,
+        jpeg BLOB NOT NULL
+    )""",
+)
+COLUMNS = ("id", "time", "unix", "door", "kind", "person_id", "person_name", "external_id", "score",
+           "track_id", "reason")
+_LOG_EVERY_S = 60.0  # a full disk fails every write: one log line a minute is enough
+
+
+class EventLogError(RuntimeError):
+    """Reading the event log failed (missing file, not an event log, newer schema)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    time: str  # UTC, ISO 8601 with milliseconds and 'Z'
+    unix: float
+    door: str | None
+    kind: str
+    person_id: int | None
+    person_name: str | None
+    external_id: str | None
+    score: float | None  # the match distance: lower is closer
+    track_id: int | None
+    reason: str | None
+    has_snapshot: bool = False
+
+
+def _timestamp(value: datetime | float | None) -> float | None:
+    """Unix seconds; a naive datetime is local time, as datetime.timestamp() reads it."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    return value.timestamp()
+
+
+def _iso(unix: float) -> str:
+    return datetime.fromtimestamp(unix, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class EventReader:
+    """Read-only access for operator tools: never creates, migrates or prunes the file."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise EventLogError(f"no event log at {self.path}")
+        try:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as error:
+            raise EventLogError(f"{self.path} cannot be read as an event log: {error}") from error
+        if version != SCHEMA_VERSION:
+            db.close()
+            raise EventLogError(f"{self.path} has schema version {version}; this facegate reads version "
+                                f"{SCHEMA_VERSION}")
+        self._db: sqlite3.Connection | None = db
+        self._lock = threading.Lock()  # one connection, shared by the daemon's threads
+
+    def query(self, since: datetime | float | None = None, until: datetime | float | None = None,
+              kinds: Iterable[str] | None = None, person: str | None = None,
+              limit: int | None = None) -> list[Event]:
+        """Events from since (inclusive) to until (exclusive), oldest first; with a limit, the
+        newest `limit` of them. person matches the name, the external id or the person id."""
+        return list(self.iter_events(since, until, kinds, person, limit))
+
+    def iter_events(self, since: datetime | float | None = None, until: datetime | float | None = None,
+                    kinds: Iterable[str] | None = None, person: str | None = None,
+                    limit: int | None = None) -> Iterator[Event]:
+        where, args = [], []
+        if since is not None:
+            where.append("unix >= ?")
+            args.append(_timestamp(since))
+        if until is not None:
+            where.append("unix < ?")
+            args.append(_timestamp(until))
+        kinds = list(kinds or ())
+        if kinds:
+            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+            args += kinds
+        if person is not None:
+            where.append("(person_name = ? OR external_id = ? OR CAST(person_id AS TEXT) = ?)")
+            args += [person] * 3
+        select = (f"SELECT {', '.join('e.' + c for c in COLUMNS)}, s.event_id IS NOT NULL FROM events e "
+                  f"LEFT JOIN snapshots s ON s.event_id = e.id"
+                  f"{' WHERE ' + ' AND '.join(where) if where else ''}")
+        if limit is not None:
+            select = f"SELECT * FROM ({select} ORDER BY e.id DESC LIMIT ?) ORDER BY 1"
+            args.append(int(limit))
+        else:
+            select += " ORDER BY e.id"
+        # In chunks, taking the lock per chunk: a long export neither fills the memory of a
+        # small box nor holds up the door's record() calls for its whole length.
+        cursor = None
+        while True:
+            with self._lock:
+                try:
+                    if cursor is None:
+                        cursor = self._connection().execute(select, args)
+                    rows = cursor.fetchmany(500)
+                except sqlite3.Error as error:
+                    raise EventLogError(f"reading {self.path} failed: {error}") from error
+            if not rows:
+                return
+            for row in rows:
+                yield Event(*row[:-1], has_snapshot=bool(row[-1]))
+
+    def snapshot(self, event_id: int) -> bytes | None:
+        """The face snapshot (JPEG) recorded with an event, if one was kept."""
+        with self._lock:
+            try:
+                row = self._connection().execute("SELECT jpeg FROM snapshots WHERE event_id = ?",
+                                                 (event_id,)).fetchone()
+            except sqlite3.Error as error:
+                raise EventLogError(f"reading {self.path} failed: {error}") from error
+        return None if row is None else bytes(row[0])
+
+    def export_csv(self, file: IO[str] | str | os.PathLike[str], **filters: Any) -> int:
+        """Write the events query(**filters) selects as CSV with a header; returns the row count."""
+        with _text_output(file) as out:
+            writer = csv.writer(out)
+            writer.writerow((*COLUMNS, "has_snapshot"))
+            count = 0
+            for event in self.iter_events(**filters):
+                writer.writerow(["" if v is None else v for v in asdict(event).values()])
+                count += 1
+        return count
+
+    def export_json(self, file: IO[str] | str | os.PathLike[str], **filters: Any) -> int:
+        """Write the selected events as one JSON array of objects; returns the row count."""
+        with _text_output(file) as out:
+            out.write("[")
+            count = 0
+            for event in self.iter_events(**filters):
+                out.write(("," if count else "") + "\n  " + json.dumps(asdict(event), ensure_ascii=False))
+                count += 1
+            out.write("\n]\n" if count else "]\n")
+        return count
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise EventLogError(f"{self.path} is not open (closed, or it failed to open: see the log)")
+        return self._db
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> EventReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _text_output:
+    """A path to open (and close), or a stream the caller owns."""
+
+    def __init__(self, file: IO[str] | str | os.PathLike[str]) -> None:
+        self.file = file
+        self.opened: IO[str] | None = None
+
+    def __enter__(self) -> IO[str]:
+        if isinstance(file := self.file, (str, os.PathLike)):
+            self.opened = open(file, "w", encoding="utf-8", newline="")
+            return self.opened
+        return file
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.opened is not None:
+            self.opened.close()
+
+
+class EventLog(EventReader):
+    """The daemon's writer. record() never raises.
+
+    Retention: rows older than max_age_days and all but the newest max_rows are deleted at
+    open and every prune_every inserts (cheap: both deletes use an index).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, max_rows: int | None = 1_000_000,
+                 max_age_days: float | None = 365, keep_snapshots: bool = False, prune_every: int = 100,
+                 backlog: int = 1000, busy_timeout: float = 1.0, reopen_every: float = 30.0) -> None:
+        self.path = Path(path)
+        self.max_rows = max_rows
+        self.max_age_days = max_age_days
+        self.keep_snapshots = keep_snapshots
+        self.prune_every = max(1, prune_every)
+        self.busy_timeout = busy_timeout
+        self.reopen_every = reopen_every
+        self.written = 0  # events stored
+        self.write_errors = 0  # failed write attempts
+        self.dropped = 0  # events lost because the backlog overflowed
+        self._pending: deque[tuple[tuple[Any, ...], bytes | None]] = deque()
+        self._backlog = max(1, backlog)
+        self._lock = threading.Lock()
+        self._db = None
+        self._closed = False
+        self._next_open = 0.0
+        self._since_prune = 0
+        self._last_error_log = -_LOG_EVERY_S
+        self._failing = False
+        with self._lock:
+            self._open()
+
+    @property
+    def pending(self) -> int:
+        """Events waiting in memory for the database to become writable again."""
+        return len(self._pending)
+
+    def record(self, kind: str, *, door: str | None = None, person_id: int | None = None,
+               person_name: str | None = None, external_id: str | None = None, score: float | None = None,
+               track_id: int | None = None, reason: str | None = None, snapshot: bytes | None = None,
+               at: datetime | float | None = None) -> bool:
+        """Store one event (timestamped now unless `at` is given). True when it reached the
+        database; False when it waits in the backlog (or the log is closed)."""
+        unix = _timestamp(at) if at is not None else time.time()
+        row = (_iso(unix), unix, door, kind, person_id, person_name, external_id,
+               None if score is None else float(score), track_id, reason)
+        with self._lock:
+            if self._closed:
+                log.warning("event after close dropped: %s %s", kind, reason)
+                return False
+            while len(self._pending) >= self._backlog:  # oldest out: recent events matter most
+                self._pending.popleft()
+                self.dropped += 1
+            self._pending.append((row, snapshot if self.keep_snapshots else None))
+            return self._flush()
+
+    def prune(self) -> int:
+        """Apply the retention limits now; returns the number of events deleted."""
+        with self._lock:
+            if self._db is None:
+                return 0
+            try:
+                with self._db:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    return self._prune()
+            except sqlite3.Error as error:
+                self._write_failed(error)
+                return 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._pending:
+                self._flush()
+            if self._pending:
+                log.error("%d events could not be written before close and are lost", len(self._pending))
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    # -- internals (self._lock held) ------------------------------------------------------
+
+    def _open(self) -> None:
+        self._next_open = time.monotonic() + self.reopen_every
+        db = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Created 0600 before SQLite sees it (its -wal and -shm files copy the mode):
+            # the log names people and, optionally, holds their faces.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            db = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False,
+                                 isolation_level=None)
+            db.execute("PRAGMA journal_mode = WAL")
+            # FULL: an access log that loses its last minutes on a power cut fails an audit;
+            # the fsync per event is cheap at door event rates.
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA foreign_keys = ON")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                with db:
+                    db.execute("BEGIN IMMEDIATE")
+                    for statement in _SCHEMA:
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
+            with db:
+                db.execute("BEGIN")
+                self._db = db
+                self._prune()
+        except (OSError, sqlite3.Error) as error:
+            self._db = None
+            if db is not None:
+                db.close()
+            self._write_failed(error, f"cannot open {self.path}")
+
+    def _flush(self) -> bool:
+        if self._db is None:
+            if time.monotonic() < self._next_open:
+                return False
+            self._open()
+            if self._db is None:
+                return False
+        try:
+            with self._db:  # one transaction for the whole backlog
+                self._db.execute("BEGIN IMMEDIATE")
+                for row, jpeg in self._pending:
+                    cursor = self._db.execute(
+                        f"INSERT INTO events ({', '.join(COLUMNS[1:])}) VALUES ({', '.join('?' * len(row))})", row)
+                    if jpeg is not None:
+                        self._db.execute("INSERT INTO snapshots (event_id, jpeg) VALUES (?, ?)",
+                                         (cursor.lastrowid, sqlite3.Binary(jpeg)))
+                self._since_prune += len(self._pending)
+                if self._since_prune >= self.prune_every:
+                    self._prune()
+        except sqlite3.Error as error:
+            self._write_failed(error)
+            return False
+        self.written += len(self._pending)
+        if self._failing:
+            log.warning("event log %s writable again: %d events from the backlog written, %d dropped so far",
+                        self.path, len(self._pending), self.dropped)
+            self._failing = False
+        self._pending.clear()
+        return True
+
+    def _prune(self) -> int:
+        """Delete beyond the retention limits, inside the caller's transaction."""
+        self._since_prune = 0
+        deleted = 0
+        assert self._db is not None
+        if self.max_age_days is not None:
+            deleted += self._db.execute("DELETE FROM events WHERE unix < ?",
+                                        (time.time() - self.max_age_days * 86400,)).rowcount
+        if self.max_rows is not None:
+            deleted += self._db.execute(
+                "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (self.max_rows,)).rowcount
+        return deleted
+
+    def _write_failed(self, error: Exception, what: str = "") -> None:
+        self.write_errors += 1
+        self._failing = True
+        now = time.monotonic()
+        if now - self._last_error_log >= _LOG_EVERY_S:
+            self._last_error_log = now
+            log.error("event log %s: %s%s (%d failed writes, %d events waiting, %d dropped; the door keeps working)",
+                      self.path, f"{what}: " if what else "", error, self.write_errors, len(self._pending), self.dropped)
