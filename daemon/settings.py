@@ -32,11 +32,13 @@ class Section:
         raise ConfigError(f"{self.key(name)} = {value!r} is not allowed: expected {allowed}")
 
     def get(self, name: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
-        value = self.raw.get(name, default)
-        if value is _MISSING:
-            raise ConfigError(f"{self.key(name)} is required")
-        if value is None and default is None:
-            return None
+        value = self.raw.get(name)
+        if value is None:  # absent, or written as null: both mean "the default"
+            if default is _MISSING:
+                raise ConfigError(f"{self.key(name)} is required")
+            if default is None:
+                return None
+            value = default
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if float in kinds and int not in kinds:
             kinds = kinds + (int,)

@@ -1,0 +1,63 @@
+"""python -m daemon run | check-config | demo"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from daemon import config as config_module
+from daemon.settings import ConfigError
+
+EPILOG = """examples:
+  python -m daemon run --config /etc/facegate/config.yaml
+  python -m daemon check-config daemon/config.example.yaml
+  python -m daemon demo --annotate /tmp/door.mp4
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m daemon", description="facegate door daemon",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="serve the door (systemd runs this)")
+    run.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH)
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("file", type=Path)
+    demo = commands.add_parser("demo", help="the daemon on the bundled clip, mock GPIO, temporary state")
+    demo.add_argument("--annotate", type=Path, metavar="OUT.mp4", help="also write the clip with boxes, names and door state")
+    demo.add_argument("--fast", action="store_true", help="process every frame as fast as possible instead of in real time")
+    args = parser.parse_args(argv)
+
+    if args.command == "check-config":
+        try:
+            config_module.load(args.file)
+        except ConfigError as error:
+            print(f"invalid: {error}", file=sys.stderr)
+            return 1
+        print(f"{args.file}: valid")
+        return 0
+    if args.command == "demo":
+        from daemon.demo import run_demo
+
+        return run_demo(annotate=args.annotate, fast=args.fast)
+    return serve(args.config)
+
+
+def serve(path: Path) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_module.load(path)
+    except ConfigError as error:
+        logging.getLogger("facegate").error("refusing to start: %s", error)
+        return 1
+    logging.getLogger("facegate").setLevel(config.log_level)
+    from daemon.service import DoorService
+
+    service = DoorService(config)
+    service.install_signal_handlers()
+    return service.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The daemon's YAML config: one file, validated at start, errors naming the key path.
+
+Each section is parsed by the module that owns the concept (camera by the frame
+sources, door by the door, policy by the access policy); this module composes
+them and owns the rest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from daemon.decision import DecisionConfig
+from daemon.door import DoorConfig
+from daemon.policy import Policy
+from daemon.settings import ConfigError, Section
+from daemon.sources import SourceConfig, parse_source_config
+from engines.manifest import MODELS_DIR
+from engines.model_card import ModelCard, ModelCardError, find_card, load_card
+from engines.mtcnn import DetectorConfig
+from engines.quality import QualityLimits
+
+DEFAULT_PATH = Path("/etc/facegate/config.yaml")
+EXAMPLE_PATH = Path(__file__).resolve().parent / "config.example.yaml"
+SECTIONS = {"camera", "detector", "embedder", "quality", "gallery", "decision", "door", "policy", "events",
+            "logging", "watchdog"}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Models:
+    models_dir: Path
+    engines: dict[str, Path]  # role -> TensorRT engine replacing that role's ONNX model
+    threads: int
+
+
+@dataclass(frozen=True)
+class GallerySettings:
+    path: Path
+    index: str  # 'flat' (exact) or an approximate kind
+    refresh_seconds: float
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    path: Path
+    max_rows: int
+    max_age_days: float
+    snapshots: bool
+    unknown_log_interval: float  # seconds between two logged unknown faces
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None
+    camera: SourceConfig
+    models: Models
+    detector: DetectorConfig
+    embedder: ModelCard
+    quality: QualityLimits
+    gallery: GallerySettings
+    decision: DecisionConfig
+    tracker_iou: float
+    track_max_age: float
+    door: DoorConfig
+    policy: Policy
+    events: EventSettings
+    log_level: str
+    stall_seconds: float
+    status_seconds: float
+
+
+def load(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    return parse(raw, path)
+
+
+def parse(raw: Any, path: Path | None = None) -> Config:
+    top = Section(raw, "", SECTIONS)
+    state = Path(top.section("gallery", {"path", "index", "refresh_seconds"}).get("path", str, "/var/lib/facegate/gallery.db")).parent
+    models = _models(top.section("detector", _DETECTOR_KEYS))
+    embedder = _embedder(top.section("embedder", {"card"}), models)
+    decision = top.section("decision", {"threshold", "margin", "k", "n", "tracker_iou", "track_max_age"})
+    logging_section = top.section("logging", {"level", "status_seconds"})
+    watchdog = top.section("watchdog", {"stall_seconds"})
+    return Config(
+        path=path,
+        camera=parse_source_config(top.raw.get("camera"), "camera"),
+        models=models,
+        detector=_detector(top.section("detector", _DETECTOR_KEYS)),
+        embedder=embedder,
+        quality=_quality(top.section("quality", set(QualityLimits.__dataclass_fields__))),
+        gallery=_gallery(top.section("gallery", {"path", "index", "refresh_seconds"}), state),
+        decision=_decision(decision, embedder),
+        tracker_iou=decision.number("tracker_iou", 0.3, low=0.01, high=1),
+        track_max_age=decision.number("track_max_age", 1.0, low=0.05, high=60),
+        door=DoorConfig.from_config(top.raw.get("door"), "door"),
+        policy=Policy.from_config(top.raw.get("policy"), "policy"),
+        events=_events(top.section("events", {"path", "max_rows", "max_age_days", "snapshots", "unknown_log_interval"}), state),
+        log_level=logging_section.choice("level", LOG_LEVELS, "INFO"),
+        status_seconds=logging_section.number("status_seconds", 10.0, low=0.5, high=3600),
+        stall_seconds=watchdog.number("stall_seconds", 5.0, low=0.5, high=600),
+    )
+
+
+_DETECTOR_KEYS = {"models_dir", "engines", "threads", "min_face_size", "scale_factor", "thresholds", "max_input_side"}
+_ROLES = ("pnet", "rnet", "onet", "embedder")
+
+
+def _decision(section: Section, embedder: ModelCard) -> DecisionConfig:
+    try:
+        return DecisionConfig(
+            threshold=section.number("threshold", embedder.threshold, low=1e-6),
+            margin=section.number("margin", 0.05, low=0),
+            k=section.number("k", 3, low=1, high=100, integer=True),
+            n=section.number("n", 5, low=1, high=100, integer=True))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _models(detector: Section) -> Models:
+    models_dir = Path(detector.get("models_dir", str, str(MODELS_DIR)))
+    if not models_dir.is_dir():
+        detector.fail("models_dir", str(models_dir), "an existing folder of ONNX models and model cards")
+    engines_section = detector.section("engines", set(_ROLES))
+    engines = {}
+    for role in _ROLES:
+        value = engines_section.get(role, str, None)
+        if value is not None:
+            if Path(value).suffix not in (".engine", ".plan"):
+                engines_section.fail(role, value, "a TensorRT .engine or .plan file built by tools/build_engine.py")
+            engines[role] = Path(value)
+    return Models(models_dir, engines, detector.number("threads", 1, low=1, high=64, integer=True))
+
+
+def _detector(detector: Section) -> DetectorConfig:
+    thresholds = detector.get("thresholds", list, [0.6, 0.7, 0.7])
+    if len(thresholds) != 3 or not all(isinstance(t, (int, float)) and 0 < t < 1 for t in thresholds):
+        detector.fail("thresholds", thresholds, "three probabilities between 0 and 1 (P-Net, R-Net, O-Net)")
+    return DetectorConfig(
+        min_face_size=detector.number("min_face_size", 40.0, low=12, high=2000),
+        scale_factor=detector.number("scale_factor", 0.709, low=0.3, high=0.95),
+        thresholds=tuple(float(t) for t in thresholds),
+        max_input_side=detector.number("max_input_side", 1280, low=64, high=8192, integer=True))
+
+
+def _embedder(section: Section, models: Models) -> ModelCard:
+    card_path = section.get("card", str, None)
+    try:
+        return load_card(Path(card_path)) if card_path else find_card(models.models_dir, "embedder")
+    except (ModelCardError, OSError) as error:
+        raise ConfigError(f"embedder.card: {error}") from error
+
+
+def _quality(section: Section) -> QualityLimits:
+    defaults = QualityLimits()
+    return QualityLimits(**{name: section.number(name, getattr(defaults, name), low=0)
+                            for name in QualityLimits.__dataclass_fields__})
+
+
+def _gallery(section: Section, state: Path) -> GallerySettings:
+    return GallerySettings(
+        path=Path(section.get("path", str, str(state / "gallery.db"))),
+        index=section.choice("index", ("flat", "hnsw", "ivf"), "flat"),
+        refresh_seconds=section.number("refresh_seconds", 0.5, low=0.05, high=60))
+
+
+def _events(section: Section, state: Path) -> EventSettings:
+    return EventSettings(
+        path=Path(section.get("path", str, str(state / "events.db"))),
+        max_rows=section.number("max_rows", 1_000_000, low=100, integer=True),
+        max_age_days=section.number("max_age_days", 365, low=1),
+        snapshots=section.get("snapshots", bool, False),
+        unknown_log_interval=section.number("unknown_log_interval", 10.0, low=0))

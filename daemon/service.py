@@ -1,0 +1,263 @@
+"""The door service: frames in, decisions out, the relay driven, everything logged.
+
+Safety: the relay is off unless a decision grants access. It is released on
+stop, on any unhandled error (then the process exits non-zero and systemd
+restarts it) and by a guard thread when the main loop stalls. The systemd
+watchdog is fed only while frames flow.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Callable
+
+import numpy as np
+
+from daemon import config as config_module
+from daemon.config import Config
+from daemon.decision import Decider, Decision
+from daemon.door import Door, make_pin_factory
+from daemon.events import EventLog
+from daemon.gallery import GalleryReader
+from daemon.notify import Notifier
+from daemon.recognition import Observation, Recogniser
+from daemon.settings import ConfigError
+from daemon.sources import Frame, make_source
+from daemon.tracker import Track, Tracker
+
+log = logging.getLogger("facegate.daemon")
+
+DOOR_EVENTS = {"relay_on", "relay_off", "exit_request", "alarm_held_open", "alarm_forced_open", "alarm_cleared", "fault"}
+
+
+@dataclass
+class Stats:
+    frames: int = 0
+    faces: int = 0
+    grants: int = 0
+    denies: int = 0
+    unknowns: int = 0
+    first_grant_video_time: float | None = None
+    frame_ms: list[float] = field(default_factory=list)  # recent processing times, for STATUS
+
+
+FrameHook = Callable[[Frame, list[tuple[Track, Observation]], bool], None]
+
+
+class DoorService:
+    def __init__(self, config: Config, *, notifier: Notifier | None = None, pin_factory=None,
+                 on_frame: FrameHook | None = None, wall_clock: Callable[[], datetime] | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.on_frame = on_frame
+        self.wall_clock = wall_clock or (lambda: datetime.now(timezone.utc))
+        self.stats = Stats()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._last_tick = time.monotonic()
+        self._closers: list[Callable[[], None]] = []
+        self.events: EventLog | None = None  # the door reports its first relay_off before the log opens
+        # The door first: whatever fails after this, the relay has been driven off.
+        self.door = Door(config.door, on_event=self._door_event,
+                         pin_factory=pin_factory or make_pin_factory(config.door.pin_factory))
+        self._closers.append(self.door.close)
+        try:
+            self.events = EventLog(config.events.path, max_rows=config.events.max_rows,
+                                   max_age_days=config.events.max_age_days, keep_snapshots=config.events.snapshots)
+            self._closers.append(self.events.close)
+            self.gallery = GalleryReader.open(config.gallery.path, config.embedder, config.gallery.index)
+            self._closers.append(self.gallery.close)
+            self.recogniser = Recogniser(config)
+            self._closers.append(self.recogniser.close)
+            self.source = make_source(config.camera)
+            self._closers.append(self.source.stop)
+        except BaseException:
+            self.close()
+            raise
+        self.tracker = Tracker(config.tracker_iou, config.track_max_age)
+        self.decider = Decider(config.decision)
+        self._last_unknown_event = -float("inf")
+        self._next_gallery_check = 0.0
+        self._next_status = 0.0
+        self._last_watchdog = 0.0
+        self._frames_since_watchdog = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until stopped or the source ends; returns the process exit code."""
+        guard = threading.Thread(target=self._stall_guard, name="stall-guard", daemon=True)
+        try:
+            self.source.start()
+            self.events.record("start", door=self.door.config.name, reason=self.source.describe())
+            self.notifier.ready(self._status())
+            log.info("facegate ready: door %s, camera %s, %d people in the gallery",
+                     self.door.config.name, self.source.describe(), self.gallery.index.people)
+            guard.start()
+            while not self._stop.is_set():
+                if not self.step():
+                    break
+            return 0
+        except Exception as error:
+            log.exception("unhandled error, releasing the door and exiting")
+            self.door.release("crash")
+            self.events.record("fault", door=self.door.config.name, reason=f"crash: {error!r}")
+            return 1
+        finally:
+            self.notifier.stopping()
+            self._stop.set()
+            self.door.release("stop")
+            self.events.record("stop", door=self.door.config.name)
+            self.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def install_signal_handlers(self) -> None:
+        def on_stop(signum, _frame):
+            log.info("%s: stopping", signal.Signals(signum).name)
+            self.door.release("stop signal")  # at once, not after the current frame
+            self.stop()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    def close(self) -> None:
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                closer()
+            except Exception:
+                log.exception("error while closing")
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """Handle housekeeping and at most one frame; False when the source has ended."""
+        now = time.monotonic()
+        self._last_tick = now
+        if self._reload.is_set():
+            self._reload.clear()
+            self._apply_reload()
+        if now >= self._next_gallery_check:
+            self._next_gallery_check = now + self.config.gallery.refresh_seconds
+            if self.gallery.changed():
+                self.gallery.refresh()
+                log.info("gallery changed: %d people", self.gallery.index.people)
+        frame = self.source.read(timeout=0.5)
+        if frame is None:
+            return not getattr(self.source, "exhausted", False)
+        self._process(frame)
+        self._feed_watchdog(now)
+        if now >= self._next_status:
+            self._next_status = now + self.config.status_seconds
+            self.notifier.status(self._status())
+        return True
+
+    def _process(self, frame: Frame) -> None:
+        started = time.perf_counter()
+        observations = self.recogniser.observe(frame.rgb, self.gallery)
+        tracks = self.tracker.update([o.face.box for o in observations], frame.time)
+        for track, observation in zip(tracks, observations):
+            if not track.decided and observation.usable:
+                decision = self.decider.observe(track, observation.match)
+                if decision is not None:
+                    self._decide(decision, frame, observation)
+        self.decider.forget({t.id for t in self.tracker.tracks})
+        self.stats.frames += 1
+        self.stats.faces += len(observations)
+        self.stats.frame_ms = (self.stats.frame_ms + [(time.perf_counter() - started) * 1000])[-100:]
+        self._frames_since_watchdog += 1
+        if self.on_frame is not None:
+            self.on_frame(frame, list(zip(tracks, observations)), self.door.is_unlocked)
+
+    def _decide(self, decision: Decision, frame: Frame, observation: Observation) -> None:
+        door = self.door.config.name
+        if decision.person_id is None:
+            self.stats.unknowns += 1
+            if frame.time - self._last_unknown_event >= self.config.events.unknown_log_interval:
+                self._last_unknown_event = frame.time
+                self.events.record("unknown_face", door=door, track_id=decision.track_id,
+                                   score=_nearest(observation), reason="no enrolled person matched")
+                log.info("unknown face on track %d", decision.track_id)
+            return
+        person = self.gallery.person(decision.person_id)
+        verdict = self.config.policy.allows(person, door, self.wall_clock())
+        kind = "grant" if verdict.allowed else "deny"
+        self.events.record(kind, door=door, person_id=person.id, person_name=person.name,
+                           external_id=person.external_id, score=decision.distance,
+                           track_id=decision.track_id, reason=verdict.reason)
+        log.info("%s %s (distance %.3f, track %d): %s", kind.upper(), person.name, decision.distance,
+                 decision.track_id, verdict.reason)
+        if verdict.allowed:
+            self.stats.grants += 1
+            if self.stats.first_grant_video_time is None:
+                self.stats.first_grant_video_time = frame.video_time
+            self.door.grant(f"{person.name} (track {decision.track_id})")
+        else:
+            self.stats.denies += 1
+
+    # -- safety and systemd ------------------------------------------------------------------
+
+    def _feed_watchdog(self, now: float) -> None:
+        interval = self.notifier.watchdog_interval()
+        if interval is not None and self._frames_since_watchdog and now - self._last_watchdog >= interval:
+            self.notifier.watchdog()
+            self._last_watchdog = now
+            self._frames_since_watchdog = 0
+
+    def _stall_guard(self) -> None:
+        limit = self.config.stall_seconds
+        stalled = False
+        while not self._stop.wait(min(limit / 4, 1.0)):
+            late = time.monotonic() - self._last_tick > limit
+            if late and not stalled:
+                log.error("main loop stalled for more than %.1f s: releasing the door", limit)
+                self.door.release("main loop stalled")
+                self.events.record("fault", door=self.door.config.name, reason="main loop stalled")
+            stalled = late
+
+    def _door_event(self, kind: str, detail: str) -> None:
+        if kind in DOOR_EVENTS and self.events is not None:
+            self.events.record(kind, door=self.config.door.name, reason=detail)
+
+    def _apply_reload(self) -> None:
+        """SIGHUP: new policy, decision and quality settings; a fresh look at the gallery."""
+        try:
+            fresh = config_module.load(self.config.path)
+        except ConfigError as error:
+            log.error("reload refused, keeping the running config: %s", error)
+            return
+        for part in ("camera", "door", "models", "detector", "embedder", "gallery", "events"):
+            if getattr(fresh, part) != getattr(self.config, part):
+                log.warning("config section %s changed: it takes effect on restart", part)
+        self.config = fresh = _keep_runtime_parts(self.config, fresh)
+        self.decider = Decider(fresh.decision)
+        self.recogniser.limits = fresh.quality
+        logging.getLogger("facegate").setLevel(fresh.log_level)
+        self.gallery.refresh()
+        log.info("config reloaded from %s; gallery: %d people", fresh.path, self.gallery.index.people)
+
+    def _status(self) -> str:
+        recent = self.stats.frame_ms
+        fps = 1000 / np.mean(recent) if recent else 0.0
+        return (f"{fps:.1f} fps capacity, {self.stats.frames} frames, {self.stats.faces} faces, "
+                f"{self.gallery.index.people} people, {self.stats.grants} grants")
+
+
+def _nearest(observation: Observation) -> float | None:
+    return None if observation.match is None else observation.match.distance
+
+
+def _keep_runtime_parts(running: Config, fresh: Config) -> Config:
+    return replace(fresh, camera=running.camera, door=running.door, models=running.models,
+                   detector=running.detector, embedder=running.embedder, gallery=running.gallery,
+                   events=running.events)
