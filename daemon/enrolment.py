@@ -1,0 +1,861 @@
+"""Enrolment: photos and camera frames through the quality gate into gallery templates.
+
+Also the duplicate guard, folder batches and portable gallery bundles (export and
+import). tools/enroll_local.py is a thin shell over this module; a web UI would
+call the same functions.
+
+Nothing is written before everything has been examined: photos go through the
+quality gate and the guards first, and each person is then written in one
+gallery transaction, so a refusal or a crash leaves each person fully enrolled
+or absent.
+
+    with Enroller.from_models(models_dir) as enroller:
+        shots, refusals = judge_files(enroller, photos)
+        person_id = enrol(gallery, enroller.card, "Alice", shots)
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import cv2
+import numpy as np
+
+from daemon.gallery import SCHEMA_VERSION, AmbiguousName, Gallery, Person, PersonNotFound, Template
+from daemon.sources import Frame, FrameSource
+from engines.align import align
+from engines.embedder import distance
+from engines.errors import ImageError
+from engines.face import Face
+from engines.images import load_image
+from engines.model_card import ModelCard
+from engines.pipeline import FacePipeline
+from engines.quality import Quality, QualityLimits, measure, problems
+
+
+class EnrolmentError(Exception):
+    """An enrolment refused or failed; the message says why and what to do. Nothing was written."""
+
+
+class PhotosRefused(EnrolmentError):
+    def __init__(self, refusals: Sequence[Refusal]) -> None:
+        self.refusals = list(refusals)
+        lines = [f"  {refusal.label}: {'; '.join(refusal.reasons)}" for refusal in self.refusals]
+        super().__init__(f"{len(lines)} photo(s) refused; nothing was changed:\n" + "\n".join(lines))
+
+
+class DuplicateFace(EnrolmentError):
+    """The new face matches someone already enrolled."""
+
+
+class NameTaken(EnrolmentError):
+    """Someone of that name is already enrolled."""
+
+
+class NotTheSamePerson(EnrolmentError):
+    """A photo added to a person does not look like them."""
+
+
+class CameraError(EnrolmentError):
+    """The camera gave no picture, or too few good shots."""
+
+
+class BundleError(EnrolmentError):
+    """A bundle that cannot be written, read or imported as it is."""
+
+
+# --- examining one face --------------------------------------------------------------------------
+
+NO_FACE = "no face found: use a photo in which the face is clearly visible, frontal and well lit"
+PHOTO_CONTEXT = 2.0  # kept photo: the face box widened to twice its size, enough to find the face again
+PHOTO_MAX_SIDE = 640
+PHOTO_JPEG_QUALITY = 90
+
+
+@dataclass(frozen=True, eq=False)
+class Shot:
+    """An accepted face: the template to store, and its rank among other shots (higher is better)."""
+
+    label: str
+    template: Template
+    rank: float
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A photo or frame that failed the gate: each reason says what to do; hint is the short camera form."""
+
+    label: str
+    reasons: list[str]
+    hint: str
+
+
+class Enroller:
+    """The quality gate and the embedder: judges one image at a time. Owns its pipeline and closes it."""
+
+    def __init__(self, pipeline: FacePipeline, limits: QualityLimits = QualityLimits()) -> None:
+        self.pipeline = pipeline
+        self.limits = limits
+
+    @classmethod
+    def from_models(cls, models_dir: str | Path | None = None, limits: QualityLimits = QualityLimits(),
+                    threads: int = 1) -> Enroller:
+        return cls(FacePipeline.from_models(models_dir, threads=threads), limits)
+
+    @property
+    def card(self) -> ModelCard:
+        return self.pipeline.embedder.card
+
+    def judge(self, rgb: np.ndarray, label: str, *, source: str = "photo", largest: bool = False,
+              keep_photo: bool = False) -> Shot | Refusal:
+        """One image: exactly one face (or the largest, when asked) that passes the gate, embedded."""
+        faces = self.pipeline.detector.detect(rgb)
+        if not faces:
+            return Refusal(label, [NO_FACE], "step in front of the camera")
+        if len(faces) > 1 and not largest:
+            return Refusal(label, [f"{len(faces)} faces found: use a photo of this person alone, or enrol "
+                                   "the largest face (--largest)"], "only the person enrolling in view, please")
+        face = max(faces, key=lambda f: f.width * f.height)
+        chip, _ = align(rgb, face.landmarks, self.card.alignment)
+        quality = measure(face, chip, rgb.shape, self.limits.edge_margin)
+        reasons = problems(quality, self.limits)
+        if reasons:
+            return Refusal(label, reasons, camera_hint(quality, self.limits))
+        rank = quality_rank(quality, self.limits)
+        figures = {**quality.as_dict(), "rank": round(rank, 4), "faces": len(faces), "label": label}
+        photo = face_photo(rgb, face) if keep_photo else None
+        embedding = self.pipeline.embedder.embed([chip])[0]
+        return Shot(label, Template(embedding, self.card.id, figures, source, photo), rank)
+
+    def judge_file(self, path: Path, *, largest: bool = False, keep_photo: bool = False) -> Shot | Refusal:
+        try:
+            rgb = load_image(path)
+        except ImageError as error:
+            return Refusal(str(path), [str(error).removeprefix(f"{path}: ")], "")
+        return self.judge(rgb, str(path), largest=largest, keep_photo=keep_photo)
+
+    def close(self) -> None:
+        self.pipeline.close()
+
+    def __enter__(self) -> Enroller:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def judge_files(enroller: Enroller, paths: Iterable[Path], *, largest: bool = False, keep_photo: bool = False,
+                on_judged: Callable[[int], None] = lambda count: None) -> tuple[list[Shot], list[Refusal]]:
+    """The accepted and the refused photos; on_judged(photos judged so far) runs after each."""
+    shots: list[Shot] = []
+    refusals: list[Refusal] = []
+    for count, path in enumerate(paths, 1):
+        verdict = enroller.judge_file(Path(path), largest=largest, keep_photo=keep_photo)
+        (shots if isinstance(verdict, Shot) else refusals).append(verdict)
+        on_judged(count)
+    return shots, refusals
+
+
+def quality_rank(quality: Quality, limits: QualityLimits) -> float:
+    """0..1, higher is better: how frontal, sharp and large the face is, each relative to its limit."""
+    frontal = 1 - max(abs(quality.yaw) / limits.max_yaw, abs(quality.pitch) / limits.max_pitch,
+                      abs(quality.roll_degrees) / limits.max_roll_degrees)
+    # Beyond a few times the minimum, more sharpness or size no longer helps the embedder.
+    sharp = min(quality.sharpness / (4 * limits.min_sharpness), 1.0)
+    large = min(quality.eye_distance / (2 * limits.min_eye_distance), 1.0)
+    return float(quality.score * (max(frontal, 0.0) + sharp + large) / 3)
+
+
+def camera_hint(quality: Quality, limits: QualityLimits) -> str:
+    """What the person in front of the camera should do first; the checks follow engines.quality.problems."""
+    if quality.eye_distance < limits.min_eye_distance:
+        return "move closer"
+    if not quality.inside_frame:
+        return "move to the middle of the picture"
+    if abs(quality.yaw) > limits.max_yaw or abs(quality.pitch) > limits.max_pitch:
+        return "look straight at the camera"
+    if abs(quality.roll_degrees) > limits.max_roll_degrees:
+        return "hold your head upright"
+    if quality.sharpness < limits.min_sharpness:
+        return "hold still"
+    return "face the light"  # only the detector score is left: a dim or unclear face
+
+
+def face_photo(rgb: np.ndarray, face: Face) -> bytes:
+    """The face with its surroundings as JPEG: enough to re-embed it later, without the rest of the picture."""
+    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+    half = max(face.width, face.height) * PHOTO_CONTEXT / 2
+    height, width = rgb.shape[:2]
+    x0, y0 = max(int(cx - half), 0), max(int(cy - half), 0)
+    x1, y1 = min(int(np.ceil(cx + half)), width), min(int(np.ceil(cy + half)), height)
+    crop = rgb[y0:y1, x0:x1]
+    scale = PHOTO_MAX_SIDE / max(crop.shape[:2])
+    if scale < 1:
+        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
+                          interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_JPEG_QUALITY, PHOTO_JPEG_QUALITY])
+    if not ok:
+        raise EnrolmentError("cannot encode the face photo as JPEG")
+    return data.tobytes()
+
+
+def decode_photo(jpeg: bytes, label: str) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise EnrolmentError(f"{label}: the kept photo does not decode as JPEG")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+# --- finding people and the guards --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resemblance:
+    person_id: int
+    name: str
+    distance: float
+
+
+def find_person(gallery: Gallery, text: str) -> Person:
+    """A person by id, external id or exact name; '#12' asks by id only."""
+    people = gallery.list_people()
+    if text.startswith("#") and text[1:].isdigit():
+        found = [p for p in people if p.id == int(text[1:])]
+    else:
+        found = [p for p in people if p.name == text or p.external_id == text
+                 or (text.isdigit() and p.id == int(text))]
+    if not found:
+        raise PersonNotFound(f"no person with the id, external id or name {text!r} (see the list command)")
+    if len(found) > 1:
+        listed = "; ".join(f"#{p.id} {p.name!r}" + (f" (external id {p.external_id})" if p.external_id else "")
+                           for p in found)
+        raise AmbiguousName(f"{text!r} fits {len(found)} people: {listed}; ask by id, e.g. #{found[0].id}")
+    return found[0]
+
+
+def nearest_person(gallery: Gallery, card: ModelCard, embeddings: Sequence[np.ndarray],
+                   exclude: Iterable[int] = ()) -> Resemblance | None:
+    """The enrolled person closest to any of the embeddings (exact search), leaving out exclude."""
+    snapshot = gallery.snapshot(card.id)
+    keep = ~np.isin(snapshot.person_ids, list(exclude))
+    if not keep.any() or not len(embeddings):
+        return None
+    distances = np.atleast_2d(distance(np.asarray(embeddings)[:, None, :], snapshot.vectors[keep][None], card.metric))
+    probe, column = np.unravel_index(np.argmin(distances), distances.shape)
+    person_id = int(snapshot.person_ids[keep][column])
+    return Resemblance(person_id, snapshot.names[person_id], float(distances[probe, column]))
+
+
+def refuse_taken_name(gallery: Gallery, name: str) -> None:
+    taken = [p for p in gallery.list_people() if p.name == name.strip()]
+    if taken:
+        raise NameTaken(f"{name!r} is already enrolled (id {taken[0].id}): add photos to them with add-template, "
+                        "or enrol another person of the same name with --force")
+
+
+def refuse_duplicate(gallery: Gallery, card: ModelCard, name: str, embeddings: Sequence[np.ndarray],
+                     exclude: Iterable[int] = ()) -> None:
+    near = nearest_person(gallery, card, embeddings, exclude)
+    if near is not None and near.distance < card.threshold:
+        raise DuplicateFace(
+            f"{name!r} looks like {near.name!r} (id {near.person_id}), who is already enrolled: distance "
+            f"{near.distance:.3f} is below the match threshold {card.threshold:.3f}. If this is a different "
+            f"person, enrol with --force; to add photos to {near.name!r}, use add-template")
+
+
+def refuse_strangers(gallery: Gallery, card: ModelCard, person: Person, shots: Sequence[Shot]) -> None:
+    """Refuse photos that look like nobody in the person's own templates: a wrong photo would let its face in."""
+    own = np.array([t.embedding for t in gallery.templates(person.id) if t.model_id == card.id])
+    if not len(own):
+        return
+    gaps = [(shot.label, float(np.min(distance(shot.template.embedding, own, card.metric)))) for shot in shots]
+    unlike = [f"{label} (distance {gap:.3f})" for label, gap in gaps if gap >= card.threshold]
+    if unlike:
+        raise NotTheSamePerson(f"these photos do not look like {person.name!r} (match threshold "
+                               f"{card.threshold:.3f}): {'; '.join(unlike)}. Check they show the right person, "
+                               "or add them with --force")
+
+
+# --- enrolling ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PersonDetails:
+    external_id: str | None = None
+    note: str | None = None
+    valid_from: str | None = None
+    valid_until: str | None = None
+
+
+def enrol(gallery: Gallery, card: ModelCard, name: str, shots: Sequence[Shot],
+          details: PersonDetails = PersonDetails(), *, force: bool = False) -> int:
+    """A new person from accepted shots, in one transaction; a taken name or a known face is refused unless force."""
+    if not shots:
+        raise EnrolmentError(f"no accepted photo of {name!r}: nothing to enrol")
+    if not force:
+        refuse_taken_name(gallery, name)
+        refuse_duplicate(gallery, card, name, [shot.template.embedding for shot in shots])
+    return gallery.add_person(name, [shot.template for shot in shots], **asdict(details))
+
+
+def add_shots(gallery: Gallery, card: ModelCard, person: Person, shots: Sequence[Shot], *,
+              force: bool = False) -> list[int]:
+    """More templates for an enrolled person, in one transaction; faces unlike theirs are refused unless force."""
+    if not force:
+        refuse_strangers(gallery, card, person, shots)
+    return gallery.add_templates(person.id, [shot.template for shot in shots])
+
+
+# --- live capture -------------------------------------------------------------------------------------
+
+CANDIDATES_PER_SHOT = 4  # stop collecting once there are this many good frames per shot to choose from
+
+
+def capture(source: FrameSource, enroller: Enroller, shots: int, *, duration_s: float = 20.0,
+            first_frame_s: float = 10.0, largest: bool = False, keep_photo: bool = False,
+            on_frame: Callable[[Shot | Refusal, int], None] = lambda verdict, good: None) -> list[Shot]:
+    """The best `shots` frames of a started source, judged for at most duration_s after its first frame.
+
+    on_frame(verdict, good frames so far) runs for every frame judged, for live guidance.
+    """
+    frame = source.read(first_frame_s)
+    if frame is None:
+        raise CameraError(f"{source.describe()}: no picture within {first_frame_s:.0f} s: check that the camera is "
+                          "connected, that no other program (the facegate service?) is using it, and that this "
+                          "user may read it (group video)")
+    deadline = time.monotonic() + duration_s
+    candidates: list[Shot] = []
+    hints: Counter[str] = Counter()
+    while frame is not None and len(candidates) < shots * CANDIDATES_PER_SHOT:
+        verdict = enroller.judge(frame.rgb, f"frame {frame.index}", source="camera", largest=largest,
+                                 keep_photo=keep_photo)
+        if isinstance(verdict, Shot):
+            candidates.append(verdict)
+        else:
+            hints[verdict.hint] += 1
+        on_frame(verdict, len(candidates))
+        frame = _next_frame(source, deadline)
+    if len(candidates) < shots:
+        advice = f"; most frames: {hints.most_common(1)[0][0]}" if hints else ""
+        raise CameraError(f"only {len(candidates)} good frame(s) of the {shots} needed{advice}. Try again with "
+                          "better light, the face filling more of the picture, or a longer --duration")
+    return sorted(candidates, key=lambda shot: shot.rank, reverse=True)[:shots]
+
+
+def _next_frame(source: FrameSource, deadline: float) -> Frame | None:
+    """The next frame before the deadline, or None at the deadline or the end of a file."""
+    while (left := deadline - time.monotonic()) > 0:
+        frame = source.read(min(left, 1.0))
+        if frame is not None or source.exhausted:
+            return frame
+    return None
+
+
+# --- folder batches -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    person: str
+    people_done: int
+    people: int
+    photos_done: int
+    photos: int
+
+
+@dataclass
+class PersonOutcome:
+    name: str
+    photos: int
+    person_id: int | None = None  # None: not enrolled
+    enrolled: int = 0  # templates written
+    refused: list[Refusal] = field(default_factory=list)
+    problem: str | None = None  # why the person was not enrolled
+    already: bool = False  # someone of this name was enrolled before: left alone
+
+
+def person_folders(root: Path) -> dict[str, list[Path]]:
+    """Person name -> photo files, one sub-folder per person; hidden files and folders are left out."""
+    if not root.is_dir():
+        raise EnrolmentError(f"{root}: not a folder; expected one sub-folder of photos per person")
+    return {folder.name.strip(): sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+            for folder in sorted(root.iterdir()) if folder.is_dir() and not folder.name.startswith(".")}
+
+
+def enrol_folder(gallery: Gallery, enroller: Enroller, folders: dict[str, list[Path]], *, largest: bool = False,
+                 keep_photo: bool = False, force: bool = False,
+                 progress: Callable[[Progress], None] = lambda progress: None) -> list[PersonOutcome]:
+    """Each person with their accepted photos in one transaction; a bad person is reported, the rest go on.
+
+    People already enrolled under the folder's name are left alone, so an interrupted
+    batch is finished by running it again.
+    """
+    total = sum(len(photos) for photos in folders.values())
+    done = 0
+    outcomes = []
+    for number, (name, photos) in enumerate(folders.items()):
+        def report(judged: int) -> None:
+            progress(Progress(name, number, len(folders), done + judged, total))
+
+        report(0)
+        outcomes.append(_enrol_one(gallery, enroller, name, photos, largest, keep_photo, force, report))
+        done += len(photos)
+    progress(Progress("", len(folders), len(folders), done, total))
+    return outcomes
+
+
+def _enrol_one(gallery: Gallery, enroller: Enroller, name: str, photos: list[Path], largest: bool,
+               keep_photo: bool, force: bool, report: Callable[[int], None]) -> PersonOutcome:
+    outcome = PersonOutcome(name, len(photos))
+    if any(p.name == name for p in gallery.list_people()):
+        outcome.already = True
+        return outcome
+    shots, outcome.refused = judge_files(enroller, photos, largest=largest, keep_photo=keep_photo,
+                                         on_judged=report)
+    if not shots:
+        outcome.problem = "no photo passed the quality gate" if photos else "the folder holds no photos"
+        return outcome
+    try:
+        outcome.person_id = enrol(gallery, enroller.card, name, shots, force=force)
+    except (EnrolmentError, ValueError) as error:
+        outcome.problem = str(error)
+        return outcome
+    outcome.enrolled = len(shots)
+    return outcome
+
+
+# --- bundles: export ----------------------------------------------------------------------------------
+#
+# A bundle is a zip archive:
+#   manifest.json   format and versions, the embedding model, the people and their templates
+#                   (embeddings as base64 of little-endian float32)
+#   photos/N.jpg    the kept face photos, named from the templates that hold them
+#   SHA256SUMS      sha256sum lines for every other member: `sha256sum -c SHA256SUMS` checks an unpacked bundle
+
+BUNDLE_FORMAT = "facegate-gallery-bundle"
+BUNDLE_VERSION = 1
+MANIFEST = "manifest.json"
+CHECKSUMS = "SHA256SUMS"
+BLOB_DTYPE = np.dtype("<f4")
+SOURCES = ("camera", "photo")
+PRIVATE_FILE = 0o600  # biometric data: readable by its owner only, whatever the umask
+
+
+@dataclass(frozen=True)
+class BundlePerson:
+    name: str
+    external_id: str | None
+    note: str | None
+    active: bool
+    valid_from: str | None
+    valid_until: str | None
+    templates: list[Template]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    format_version: int
+    schema_version: int
+    created_at: str
+    embedding_model: str
+    people: list[BundlePerson]
+
+    @property
+    def template_count(self) -> int:
+        return sum(len(person.templates) for person in self.people)
+
+
+def export_bundle(gallery: Gallery, path: Path, model_id: str) -> Bundle:
+    """Write every person and template to a new owner-only bundle at path (an existing file is refused)."""
+    path = Path(path)
+    if path.exists():
+        raise BundleError(f"{path} exists: remove it or choose another name; a bundle is never overwritten")
+    if not path.parent.is_dir():
+        raise BundleError(f"{path.parent} is not a folder: create it first, or choose another place")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)  # left by a crash; O_EXCL below then guarantees the mode
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+        with os.fdopen(fd, "wb") as file:
+            bundle = _write_bundle(file, gallery, path, model_id)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)  # the rename too must survive a power cut before the stick is pulled
+    return bundle
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_bundle(file: IO[bytes], gallery: Gallery, path: Path, model_id: str) -> Bundle:
+    sums: dict[str, str] = {}
+    people_json: list[dict[str, Any]] = []
+    people: list[BundlePerson] = []
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as archive:
+        def put(name: str, data: bytes) -> None:
+            archive.writestr(name, data)
+            sums[name] = hashlib.sha256(data).hexdigest()
+
+        for person in sorted(gallery.list_people(), key=lambda p: p.id):  # ids keep their order in a fresh gallery
+            try:
+                stored = gallery.templates(person.id)
+            except PersonNotFound:  # removed while we were exporting
+                continue
+            templates = [Template(t.embedding, t.model_id, t.quality, t.source, t.photo_jpeg) for t in stored]
+            entries = []
+            for template, row in zip(templates, stored):
+                photo = f"photos/{row.id}.jpg" if template.photo_jpeg else None
+                if photo:
+                    put(photo, template.photo_jpeg)
+                entries.append(_template_json(template, photo, row.created_at))
+            people_json.append(_person_json(person, entries))
+            people.append(BundlePerson(person.name, person.external_id, person.note, person.active,
+                                       person.valid_from, person.valid_until, templates))
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "schema_version": SCHEMA_VERSION,
+                    "created_at": created, "embedding_model": model_id, "people": people_json}
+        put(MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+        archive.writestr(CHECKSUMS, "".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items())))
+    return Bundle(path, BUNDLE_VERSION, SCHEMA_VERSION, created, model_id, people)
+
+
+def _person_json(person: Person, templates: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"name": person.name, "external_id": person.external_id, "note": person.note, "active": person.active,
+            "valid_from": person.valid_from, "valid_until": person.valid_until, "created_at": person.created_at,
+            "templates": templates}
+
+
+def _template_json(template: Template, photo: str | None, created_at: str) -> dict[str, Any]:
+    blob = np.asarray(template.embedding, dtype=BLOB_DTYPE).tobytes()
+    return {"model_id": template.model_id, "embedding": base64.b64encode(blob).decode(), "quality": template.quality,
+            "source": template.source, "photo": photo, "created_at": created_at}
+
+
+# --- bundles: reading ------------------------------------------------------------------------------
+
+
+def read_bundle(path: Path) -> Bundle:
+    """A bundle checked whole: a newer format is refused first (it may checksum differently), then every
+    member against SHA256SUMS, then every field of the manifest."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            manifest = _member(archive, path, MANIFEST)
+            _refuse_newer(_claimed_versions(manifest), path)
+            _verify_checksums(archive, path)
+            return _parse_manifest(_json(manifest, path), archive, path)
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
+        raise BundleError(f"{path}: damaged or not a facegate bundle ({error}); nothing was imported") from None
+
+
+def _member(archive: zipfile.ZipFile, path: Path, name: str) -> bytes:
+    try:
+        return archive.read(name)
+    except KeyError:
+        raise BundleError(f"{path}: has no {name}: not a facegate bundle, or a damaged one") from None
+
+
+def _claimed_versions(manifest: bytes) -> tuple[Any, Any]:
+    """What a manifest says about its format and schema versions, if it reads as JSON at all."""
+    try:
+        claims = json.loads(manifest)
+    except ValueError:
+        return None, None  # the checksum check names the damage
+    return (claims.get("format_version"), claims.get("schema_version")) if isinstance(claims, dict) else (None, None)
+
+
+def _refuse_newer(versions: tuple[Any, Any], path: Path) -> None:
+    format_version, schema_version = versions
+    if isinstance(format_version, int) and format_version > BUNDLE_VERSION:
+        raise BundleError(f"{path}: bundle format {format_version} is newer than this facegate reads "
+                          f"({BUNDLE_VERSION}): upgrade facegate on this device; nothing was imported")
+    if isinstance(schema_version, int) and schema_version > SCHEMA_VERSION:
+        raise BundleError(f"{path}: written from gallery schema {schema_version}, newer than this facegate's "
+                          f"({SCHEMA_VERSION}): upgrade facegate on this device; nothing was imported")
+
+
+def _verify_checksums(archive: zipfile.ZipFile, path: Path) -> None:
+    listed: dict[str, str] = {}
+    for line in _member(archive, path, CHECKSUMS).decode("utf-8", "replace").splitlines():
+        digest, _, name = line.partition("  ")
+        if len(digest) != 64 or not name:
+            raise BundleError(f"{path}: {CHECKSUMS} line {line!r} is not '<sha256>  <member>': damaged bundle")
+        listed[name] = digest
+    members = set(archive.namelist()) - {CHECKSUMS}
+    for name in sorted(members ^ set(listed)):
+        where = "is not listed in" if name in members else "is listed in but missing from the bundle, see"
+        raise BundleError(f"{path}: {name} {where} {CHECKSUMS}: the bundle was altered; nothing was imported")
+    for name in sorted(members):
+        if hashlib.sha256(archive.read(name)).hexdigest() != listed[name]:
+            raise BundleError(f"{path}: {name} does not match its SHA-256 checksum: the bundle is damaged or was "
+                              "altered; nothing was imported")
+
+
+def _json(data: bytes, path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(data, parse_constant=_refuse_constant)
+    except ValueError as error:
+        raise BundleError(f"{path}: {MANIFEST} is not valid JSON ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: {MANIFEST} does not describe a {BUNDLE_FORMAT}")
+    return manifest
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a gallery can store")
+
+
+class _Fields:
+    """Typed reads from one JSON object; every error names the bundle and the field's path."""
+
+    def __init__(self, raw: Any, where: str, path: Path) -> None:
+        self.where, self.path = where, path
+        if not isinstance(raw, dict):
+            self.fail("", raw, "an object")
+        self.raw = raw
+
+    def fail(self, key: str, value: Any, expected: str) -> None:
+        raise BundleError(f"{self.path}: {self.where}{key} = {str(value)[:60]!r} is not allowed: expected {expected}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
+        value = self.raw.get(key)
+        if (value is None and not optional) or (value is not None and not isinstance(value, kind)) \
+                or (isinstance(value, bool) and kind is int):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            self.fail(f".{key}", value, f"a {names}" + (" or null" if optional else ""))
+        return value
+
+    def date(self, key: str) -> str | None:
+        value = self.get(key, str, optional=True)
+        if value is not None:
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                self.fail(f".{key}", value, "an ISO 8601 date or datetime")
+        return value
+
+    def validity(self) -> tuple[str | None, str | None]:
+        start, end = self.date("valid_from"), self.date("valid_until")
+        if start is not None and end is not None:
+            try:
+                backwards = datetime.fromisoformat(end) < datetime.fromisoformat(start)
+            except TypeError:  # one with a UTC offset, one without
+                backwards = True
+            if backwards:
+                self.fail(".valid_until", end, f"a time after valid_from {start!r}, both with or both without "
+                                               "a UTC offset")
+        return start, end
+
+
+def _parse_manifest(manifest: dict[str, Any], archive: zipfile.ZipFile, path: Path) -> Bundle:
+    top = _Fields(manifest, "manifest", path)
+    people = [_parse_person(_Fields(raw, f"people[{i}]", path), archive)
+              for i, raw in enumerate(top.get("people", list))]
+    return Bundle(path, top.get("format_version", int), top.get("schema_version", int), top.get("created_at", str),
+                  top.get("embedding_model", str), people)
+
+
+def _parse_person(fields: _Fields, archive: zipfile.ZipFile) -> BundlePerson:
+    name = fields.get("name", str)
+    if not name.strip():
+        fields.fail(".name", name, "a non-empty name")
+    raw_templates = fields.get("templates", list)
+    if not raw_templates:
+        fields.fail(".templates", raw_templates, "at least one template")
+    templates = [_parse_template(_Fields(raw, f"{fields.where}.templates[{i}]", fields.path), archive)
+                 for i, raw in enumerate(raw_templates)]
+    return BundlePerson(name, fields.get("external_id", str, optional=True), fields.get("note", str, optional=True),
+                        fields.get("active", bool), *fields.validity(), templates)
+
+
+def _parse_template(fields: _Fields, archive: zipfile.ZipFile) -> Template:
+    encoded = fields.get("embedding", str)
+    try:
+        blob = base64.b64decode(encoded, validate=True)
+    except ValueError:
+        blob = b""
+    vector = np.frombuffer(blob, dtype=BLOB_DTYPE).astype(np.float32) if len(blob) % 4 == 0 else np.empty(0)
+    if not vector.size or not np.isfinite(vector).all():
+        fields.fail(".embedding", encoded, "base64 of finite little-endian float32 values")
+    source = fields.get("source", str)
+    if source not in SOURCES:
+        fields.fail(".source", source, f"one of {list(SOURCES)}")
+    photo_name = fields.get("photo", str, optional=True)
+    photo = _member(archive, fields.path, photo_name) if photo_name else None
+    if photo is not None and not photo.startswith(b"\xff\xd8"):
+        fields.fail(".photo", photo_name, "a JPEG file")
+    return Template(vector, fields.get("model_id", str), fields.get("quality", dict), source, photo)
+
+
+# --- bundles: importing ----------------------------------------------------------------------------
+
+COLLISION_POLICIES = ("refuse", "merge", "replace")
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    added: int
+    merged: int
+    replaced: int
+    templates: int
+    skipped_templates: int  # identical to a template the person already had (merge)
+
+
+@dataclass(frozen=True, eq=False)
+class _Step:
+    action: str  # add, merge or replace
+    person: BundlePerson
+    existing: Person | None
+
+
+def import_bundle(gallery: Gallery, card: ModelCard, bundle: Bundle, *, collisions: str = "refuse",
+                  force: bool = False, reembed: Enroller | None = None) -> ImportReport:
+    """Bring a read bundle's people into the gallery.
+
+    A bundle person is the same as an enrolled one when their external ids are equal or, for a bundle
+    person without an external id, when their names are. collisions says what then happens: refuse
+    (the whole import), merge (add the bundle's templates to the enrolled person, skipping identical
+    ones, keeping their details) or replace (erase the enrolled person, enrol the bundle's). Templates
+    of another embedding model are refused unless reembed, an Enroller of this device's model, re-embeds
+    their kept photos. Everything is checked before the first write.
+    """
+    if collisions not in COLLISION_POLICIES:
+        raise ValueError(f"collisions = {collisions!r}: expected one of {COLLISION_POLICIES}")
+    people = _reembedded(bundle, card, reembed) if reembed is not None else bundle.people
+    _refuse_unusable_templates(bundle, people, card)
+    steps = _plan(gallery, people, collisions, bundle.path)
+    if not force:
+        for step in steps:
+            if step.action != "merge":
+                exclude = [step.existing.id] if step.existing else []
+                refuse_duplicate(gallery, card, step.person.name, [t.embedding for t in step.person.templates], exclude)
+    return _apply(gallery, steps)
+
+
+def _reembedded(bundle: Bundle, card: ModelCard, enroller: Enroller) -> list[BundlePerson]:
+    """The people with every template of another model embedded again from its kept photo."""
+    people = []
+    refusals = []
+    for person in bundle.people:
+        templates = []
+        for number, template in enumerate(person.templates):
+            if template.model_id == card.id or template.photo_jpeg is None:
+                templates.append(template)  # same model: as it is; no photo: refused by _refuse_unusable_templates
+                continue
+            label = f"{person.name!r} template {number}"
+            verdict = enroller.judge(decode_photo(template.photo_jpeg, label), label, largest=True)
+            if isinstance(verdict, Refusal):
+                refusals.append(verdict)
+                continue
+            templates.append(replace(verdict.template, source=template.source, photo_jpeg=template.photo_jpeg))
+        people.append(replace(person, templates=templates))
+    if refusals:
+        raise PhotosRefused(refusals)
+    return people
+
+
+def _refuse_unusable_templates(bundle: Bundle, people: list[BundlePerson], card: ModelCard) -> None:
+    """Templates of another model, or of this model's id with another dimension, cannot be searched here."""
+    other = Counter(t.model_id for person in people for t in person.templates if t.model_id != card.id)
+    if not other:
+        wrong = sum(1 for person in people for t in person.templates if t.embedding.size != card.embedding_dim)
+        if wrong:
+            raise BundleError(f"{bundle.path}: {wrong} templates are not {card.embedding_dim}-d as model "
+                              f"{card.id!r} makes them: damaged bundle; nothing was imported")
+        return
+    photos = sum(1 for person in people for t in person.templates if t.model_id != card.id and t.photo_jpeg)
+    models = ", ".join(f"{count} of model {model!r}" for model, count in other.items())
+    raise BundleError(f"{bundle.path}: {models}, but this device embeds with {card.id!r}; templates cannot be "
+                      f"compared across models. {photos} of them have a kept photo: import with --reembed to "
+                      "embed those again (templates without a photo need the person enrolled again)")
+
+
+def _plan(gallery: Gallery, people: list[BundlePerson], collisions: str, path: Path) -> list[_Step]:
+    """What to do with each bundle person; every problem found is reported at once, before any write."""
+    enrolled = gallery.list_people()
+    steps: list[_Step] = []
+    collided: list[str] = []
+    twice = [key for key, count in Counter(p.external_id for p in people if p.external_id).items() if count > 1]
+    problems_found = [f"external id {key!r} appears more than once in the bundle" for key in twice]
+    for person in people:
+        if person.external_id is not None:
+            same = [p for p in enrolled if p.external_id == person.external_id]
+        else:
+            same = [p for p in enrolled if p.name == person.name.strip()]
+        if not same:
+            steps.append(_Step("add", person, None))
+        elif len(same) > 1:
+            problems_found.append(f"{person.name!r} fits {len(same)} enrolled people (ids "
+                                  f"{', '.join(str(p.id) for p in same)}); rename all but one of them first")
+        elif collisions == "refuse":
+            collided.append(f"{person.name!r} (id {same[0].id})")
+        elif any(step.existing == same[0] for step in steps):
+            problems_found.append(f"{person.name!r} appears more than once in the bundle")
+        else:
+            steps.append(_Step(collisions, person, same[0]))
+    if collided:
+        problems_found.append(f"already enrolled: {', '.join(collided)}; import with --merge to add the bundle's "
+                              "templates to them, or with --replace to replace them")
+    if problems_found:
+        raise BundleError(f"{path}: nothing was imported: " + "; ".join(problems_found))
+    return steps
+
+
+def _apply(gallery: Gallery, steps: list[_Step]) -> ImportReport:
+    """The writes of an import, one gallery transaction per person.
+
+    One transaction for the whole import needs a batch transaction in daemon.gallery; until
+    then an interrupted import leaves whole people, and running it again with --merge finishes
+    it (identical templates are skipped).
+    """
+    counts = Counter()
+    for step in steps:
+        templates = list(step.person.templates)
+        if step.action == "merge":
+            held = {_key(t.model_id, t.embedding) for t in gallery.templates(step.existing.id)}
+            new = [t for t in templates if _key(t.model_id, t.embedding) not in held]
+            counts["skipped"] += len(templates) - len(new)
+            if new:
+                gallery.add_templates(step.existing.id, new)
+            templates = new
+        else:
+            if step.action == "replace":
+                gallery.remove_person(step.existing.id)
+            _add(gallery, step.person)
+        counts[step.action] += 1
+        counts["templates"] += len(templates)
+    return ImportReport(counts["add"], counts["merge"], counts["replace"], counts["templates"], counts["skipped"])
+
+
+def _add(gallery: Gallery, person: BundlePerson) -> None:
+    person_id = gallery.add_person(person.name, person.templates, external_id=person.external_id, note=person.note,
+                                   valid_from=person.valid_from, valid_until=person.valid_until)
+    if not person.active:
+        gallery.set_active(person_id, False)
+
+
+def _key(model_id: str, embedding: np.ndarray) -> tuple[str, bytes]:
+    return model_id, np.asarray(embedding, dtype=BLOB_DTYPE).tobytes()

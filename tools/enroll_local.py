@@ -1,0 +1,522 @@
+#!/usr/bin/env python3
+"""Enrol people into the door's gallery from photos or a camera; list, change, remove, export and import them.
+
+PERSON is a name, an external id or an id (#12 asks by id only). DATE is ISO 8601:
+2026-05-01 or 2026-05-01T08:00:00+02:00. A photo is refused unless it shows exactly one
+sharp, large enough, frontal face; a new person whose face matches someone already enrolled
+(closer than the model card's threshold) is refused unless --force. A refused or failed
+command changes nothing.
+
+examples:
+  enroll_local.py add "Alice Martin" --photo alice1.jpg alice2.jpg --external-id E1001
+  enroll_local.py add "Bob Stone" --camera --shots 3            # camera 0, guidance on screen
+  enroll_local.py add "Bob Stone" --camera rtsp://10.0.0.7/live --shots 5 --keep-photo
+  enroll_local.py add-folder /media/usb/staff                   # staff/<person name>/<photos>
+  enroll_local.py add-template E1001 --photo alice3.jpg
+  enroll_local.py list --json
+  enroll_local.py show "Alice Martin"
+  enroll_local.py set-validity E1001 --from 2026-01-01 --until none
+  enroll_local.py disable '#12'
+  enroll_local.py remove "Bob Stone" --yes
+  enroll_local.py export /media/usb/gallery.fgb
+  enroll_local.py import /media/usb/gallery.fgb --merge
+  enroll_local.py check && enroll_local.py rebuild-index
+
+exit status: 0 ok, 1 refused or failed (the gallery is unchanged), 2 usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from daemon.enrolment import (COLLISION_POLICIES, CameraError, Enroller, EnrolmentError, PersonDetails,  # noqa: E402
+                              PersonOutcome, PhotosRefused, Progress, Refusal, Shot, add_shots, capture, enrol,
+                              enrol_folder, export_bundle, find_person, import_bundle, judge_files, person_folders,
+                              read_bundle, refuse_taken_name)
+from daemon.gallery import KINDS, Gallery, GalleryError, GalleryIndex, Person  # noqa: E402
+from daemon.sources import FrameSource, SourceConfigError, SourceError, make_source  # noqa: E402
+from engines.manifest import MODELS_DIR  # noqa: E402
+from engines.model_card import find_card  # noqa: E402
+
+DEFAULT_DB = "/var/lib/facegate/gallery.db"
+FAILURES = (EnrolmentError, GalleryError, SourceError, OSError, ValueError)
+
+
+class UsageError(Exception):
+    """Arguments argparse cannot check alone; exit status 2."""
+
+
+# --- argument types ---------------------------------------------------------------------------
+
+
+def date_text(text: str) -> str:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date: expected YYYY-MM-DD or "
+                                         "YYYY-MM-DDTHH:MM[:SS][+HH:MM]") from None
+    return text
+
+
+def bound(text: str) -> str:
+    """A date, or '' for 'none' (clear the bound); None stays 'not given'."""
+    return "" if text.lower() == "none" else date_text(text)
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: expected a positive whole number")
+    return int(text)
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: expected seconds between 0 and 600")
+    return value
+
+
+# --- the parser -------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=DEFAULT_DB, help=f"the gallery database (default {DEFAULT_DB})")
+    common.add_argument("--models", type=Path, default=MODELS_DIR,
+                        help="folder of model cards and models (default: engines/models)")
+    top = argparse.ArgumentParser(prog="enroll_local.py", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add = command("add", cmd_add, "enrol a new person from photos or a camera")
+    add.add_argument("name", metavar="NAME")
+    source = add.add_mutually_exclusive_group(required=True)
+    source.add_argument("--photo", nargs="+", type=Path, metavar="FILE", help="photos of the person")
+    source.add_argument("--camera", nargs="?", const="0", metavar="SOURCE",
+                        help="capture live: a camera index (default 0), device path, stream URL, "
+                             "or a video file or folder of images standing in for one")
+    add.add_argument("--shots", type=positive, help="camera: templates to keep, the best by quality (default 3)")
+    add.add_argument("--duration", type=seconds, help="camera: seconds to look for good frames (default 20)")
+    add.add_argument("--external-id", help="an id from another system (badge, HR number); unique")
+    add.add_argument("--note", help="free text kept with the person")
+    add.add_argument("--valid-from", type=date_text, metavar="DATE", help="access starts (the policy decides)")
+    add.add_argument("--valid-until", type=date_text, metavar="DATE", help="access ends (the policy decides)")
+    _photo_options(add)
+    add.add_argument("--force", action="store_true",
+                     help="enrol even when the name is taken or the face matches someone enrolled")
+
+    more = command("add-template", cmd_add_template, "add photos to an enrolled person")
+    more.add_argument("person", metavar="PERSON")
+    more.add_argument("--photo", nargs="+", type=Path, required=True, metavar="FILE")
+    _photo_options(more)
+    more.add_argument("--force", action="store_true", help="add photos even when they do not look like the person")
+
+    folder = command("add-folder", cmd_add_folder,
+                     "enrol one person per sub-folder (the folder's name), each all or nothing")
+    folder.add_argument("folder", type=Path, metavar="DIR")
+    _photo_options(folder)
+    folder.add_argument("--force", action="store_true", help="enrol faces that match someone enrolled")
+    folder.add_argument("--json", action="store_true", help="print the outcome per person as JSON")
+
+    listing = command("list", cmd_list, "list the enrolled people")
+    listing.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    show = command("show", cmd_show, "show a person and their templates' quality figures")
+    show.add_argument("person", metavar="PERSON")
+    show.add_argument("--json", action="store_true")
+    rename = command("rename", cmd_rename, "rename a person")
+    rename.add_argument("person", metavar="PERSON")
+    rename.add_argument("new_name", metavar="NEW")
+    for name, active in (("disable", False), ("enable", True)):
+        toggle = command(name, cmd_set_active, f"{name} a person's access (they stay enrolled)")
+        toggle.add_argument("person", metavar="PERSON")
+        toggle.set_defaults(active=active)
+    validity = command("set-validity", cmd_set_validity,
+                       "set when a person's access starts and ends ('none' clears a bound; "
+                       "a bound not given stays)")
+    validity.add_argument("person", metavar="PERSON")
+    validity.add_argument("--from", dest="valid_from", type=bound, metavar="DATE")
+    validity.add_argument("--until", dest="valid_until", type=bound, metavar="DATE")
+    remove = command("remove", cmd_remove, "remove a person and erase their templates and photos for good")
+    remove.add_argument("person", metavar="PERSON")
+    remove.add_argument("--yes", action="store_true", help="do not ask (needed when not on a terminal)")
+
+    export = command("export", cmd_export, "write every person to a new owner-only bundle file")
+    export.add_argument("file", type=Path, metavar="FILE")
+    load = command("import", cmd_import, "bring a bundle's people into the gallery")
+    load.add_argument("file", type=Path, metavar="FILE")
+    collide = load.add_mutually_exclusive_group()
+    collide.add_argument("--merge", dest="collisions", action="store_const", const="merge",
+                         help="a person already enrolled gets the bundle's templates added (details kept)")
+    collide.add_argument("--replace", dest="collisions", action="store_const", const="replace",
+                         help="a person already enrolled is erased and enrolled as the bundle has them")
+    load.set_defaults(collisions=COLLISION_POLICIES[0])
+    load.add_argument("--reembed", action="store_true",
+                      help="embed templates of another model again from their kept photos")
+    load.add_argument("--force", action="store_true", help="import faces that match someone enrolled")
+
+    check = command("check", cmd_check, "check the gallery's integrity (exit 1 on problems)")
+    check.add_argument("--json", action="store_true")
+    index = command("rebuild-index", cmd_rebuild_index, "rebuild the search index from the database")
+    index.add_argument("--kind", choices=KINDS, default=KINDS[0], help="flat: exact (default); hnsw: approximate")
+    return top
+
+
+def _photo_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--largest", action="store_true", help="take the largest face of a photo with several")
+    sub.add_argument("--keep-photo", action="store_true",
+                     help="keep a JPEG of each face (and its surroundings) with the template, for re-embedding")
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    if args.photo and (args.shots or args.duration):
+        raise UsageError("--shots and --duration go with --camera, not --photo")
+    details = PersonDetails(args.external_id, args.note, args.valid_from, args.valid_until)
+    if not args.force and Path(args.db).exists():
+        with open_gallery(args.db) as gallery:
+            refuse_taken_name(gallery, args.name)  # a quick answer, before the models load
+    with Enroller.from_models(args.models) as enroller:
+        shots = photo_shots(enroller, args) if args.photo else camera_shots(enroller, args)
+        with open_gallery(args.db, create=True) as gallery:  # only now: a refused add leaves no empty gallery
+            person_id = enrol(gallery, enroller.card, args.name, shots, details, force=args.force)
+    print(f"enrolled {args.name!r} as #{person_id} with {len(shots)} template(s)")
+    return 0
+
+
+def photo_shots(enroller: Enroller, args: argparse.Namespace) -> list[Shot]:
+    shots, refusals = judge_files(enroller, args.photo, largest=args.largest, keep_photo=args.keep_photo)
+    if refusals:
+        raise PhotosRefused(refusals)
+    return shots
+
+
+def camera_shots(enroller: Enroller, args: argparse.Namespace) -> list[Shot]:
+    shots, duration = args.shots or 3, args.duration or 20.0
+    guide = Guide(sys.stderr)
+    with camera_source(args.camera) as source:
+        print(f"look at the camera: collecting {shots} good shot(s) for up to {duration:.0f} s", file=sys.stderr)
+        try:
+            return capture(source, enroller, shots, duration_s=duration, largest=args.largest,
+                           keep_photo=args.keep_photo, on_frame=guide)
+        finally:
+            guide.close()
+
+
+def camera_source(text: str) -> FrameSource:
+    """A camera by index, device path or URL; an existing file or folder stands in for a camera."""
+    path = Path(text)
+    if not text.isdigit() and not text.startswith("/dev/") and (path.is_file() or path.is_dir()):
+        return make_source({"type": "file", "path": text, "pace": "fast"})
+    device: int | str = int(text) if text.isdigit() else text
+    node = Path(f"/dev/video{device}") if isinstance(device, int) else Path(text) if text.startswith("/") else None
+    if node is not None and sys.platform.startswith("linux") and not node.exists():
+        raise CameraError(f"camera {text}: {node} does not exist: is the camera plugged in? "
+                          "(ls /dev/video* lists the cameras)")
+    try:
+        return make_source({"type": "opencv", "device": device})
+    except SourceConfigError as error:
+        raise UsageError(f"--camera {text!r}: {error}") from None
+
+
+def cmd_add_template(args: argparse.Namespace) -> int:
+    with open_gallery(args.db) as gallery:
+        person = find_person(gallery, args.person)
+        with Enroller.from_models(args.models) as enroller:
+            shots = photo_shots(enroller, args)
+            ids = add_shots(gallery, enroller.card, person, shots, force=args.force)
+    print(f"added {len(ids)} template(s) to {person.name!r} (#{person.id})")
+    return 0
+
+
+def cmd_add_folder(args: argparse.Namespace) -> int:
+    folders = person_folders(args.folder)
+    with open_gallery(args.db, create=True) as gallery, Enroller.from_models(args.models) as enroller:
+        print(f"enrolling {len(folders)} people ({sum(map(len, folders.values()))} photos) from {args.folder}",
+              file=sys.stderr, flush=True)
+        outcomes = enrol_folder(gallery, enroller, folders, largest=args.largest, keep_photo=args.keep_photo,
+                                force=args.force, progress=FolderProgress(sys.stderr))
+    if args.json:
+        print(json.dumps([outcome_json(o) for o in outcomes], indent=1, ensure_ascii=False))
+    else:
+        print(folder_summary(outcomes))
+    return 1 if any(o.problem for o in outcomes) else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with open_gallery(args.db) as gallery:
+        people = gallery.list_people()
+    if args.json:
+        print(json.dumps([asdict(p) for p in people], indent=1, ensure_ascii=False))
+        return 0
+    print(table(("id", "name", "external id", "active", "valid from", "valid until", "templates"),
+                [(f"#{p.id}", p.name, p.external_id or "", "yes" if p.active else "no", p.valid_from or "",
+                  p.valid_until or "", str(p.template_count)) for p in people]))
+    print(f"{len(people)} people", file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with open_gallery(args.db) as gallery:
+        person = find_person(gallery, args.person)
+        templates = gallery.templates(person.id)
+    rows = [{"id": t.id, "source": t.source, "model_id": t.model_id, "created_at": t.created_at,
+             "photo_bytes": len(t.photo_jpeg) if t.photo_jpeg else 0, "quality": t.quality} for t in templates]
+    if args.json:
+        print(json.dumps({**asdict(person), "templates": rows}, indent=1, ensure_ascii=False))
+        return 0
+    print(person_text(asdict(person)))
+    print(table(("template", "source", "model", "eyes px", "sharpness", "yaw", "pitch", "roll", "rank", "photo",
+                 "from"),
+                [(f"{r['id']}", r["source"], r["model_id"], figure(r["quality"], "eye_distance", 0),
+                  figure(r["quality"], "sharpness", 0), figure(r["quality"], "yaw", 2),
+                  figure(r["quality"], "pitch", 2), figure(r["quality"], "roll_degrees", 0),
+                  figure(r["quality"], "rank", 2), f"{r['photo_bytes']} B" if r["photo_bytes"] else "",
+                  str(r["quality"].get("label", ""))) for r in rows]))
+    return 0
+
+
+def cmd_rename(args: argparse.Namespace) -> int:
+    with open_gallery(args.db) as gallery:
+        person = find_person(gallery, args.person)
+        gallery.rename(person.id, args.new_name)
+    print(f"renamed #{person.id} {person.name!r} to {args.new_name.strip()!r}")
+    return 0
+
+
+def cmd_set_active(args: argparse.Namespace) -> int:
+    with open_gallery(args.db) as gallery:
+        person = find_person(gallery, args.person)
+        gallery.set_active(person.id, args.active)
+    print(f"{'enabled' if args.active else 'disabled'} {person.name!r} (#{person.id})")
+    return 0
+
+
+def cmd_set_validity(args: argparse.Namespace) -> int:
+    if args.valid_from is None and args.valid_until is None:
+        raise UsageError("give --from DATE and/or --until DATE ('none' clears a bound)")
+    with open_gallery(args.db) as gallery:
+        person = find_person(gallery, args.person)
+        start = person.valid_from if args.valid_from is None else args.valid_from or None
+        end = person.valid_until if args.valid_until is None else args.valid_until or None
+        gallery.set_validity(person.id, start, end)
+    print(f"{person.name!r} (#{person.id}) valid from {start or 'always'} until {end or 'further notice'}")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    with open_gallery(args.db) as gallery:
+        person = find_person(gallery, args.person)
+        if not args.yes and not confirmed(person):
+            print("nothing removed", file=sys.stderr)
+            return 1
+        gallery.remove_person(person.id)
+    print(f"removed {person.name!r} (#{person.id}); their {person.template_count} template(s) and photos are erased")
+    return 0
+
+
+def confirmed(person: Person) -> bool:
+    if not sys.stdin.isatty():
+        raise UsageError("not on a terminal, so nobody can be asked: add --yes to confirm the removal")
+    answer = input(f"remove {person.name!r} (#{person.id}) and erase their {person.template_count} template(s) "
+                   "and photos for good? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    model_id = find_card(args.models, "embedder").id
+    with open_gallery(args.db) as gallery:
+        bundle = export_bundle(gallery, args.file, model_id)
+    photos = sum(1 for p in bundle.people for t in p.templates if t.photo_jpeg)
+    print(f"exported {len(bundle.people)} people ({bundle.template_count} templates, {photos} photos) to {args.file}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    bundle = read_bundle(args.file)
+    card = find_card(args.models, "embedder")
+    with open_gallery(args.db, create=True) as gallery:
+        if args.reembed:
+            with Enroller.from_models(args.models) as enroller:
+                report = import_bundle(gallery, card, bundle, collisions=args.collisions, force=args.force,
+                                       reembed=enroller)
+        else:
+            report = import_bundle(gallery, card, bundle, collisions=args.collisions, force=args.force)
+    print(f"imported {args.file}: {report.added} added, {report.merged} merged, {report.replaced} replaced, "
+          f"{report.templates} templates written" +
+          (f", {report.skipped_templates} identical ones skipped" if report.skipped_templates else ""))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    with open_gallery(args.db) as gallery:
+        problems = gallery.integrity_report()
+        people = gallery.list_people() if not problems else []
+    if args.json:
+        print(json.dumps({"ok": not problems, "problems": problems}, indent=1))
+    elif problems:
+        print("\n".join(problems))
+    else:
+        print(f"ok: {len(people)} people, {sum(p.template_count for p in people)} templates")
+    return 1 if problems else 0
+
+
+def cmd_rebuild_index(args: argparse.Namespace) -> int:
+    card = find_card(args.models, "embedder")
+    with open_gallery(args.db) as gallery:
+        index = GalleryIndex.build(gallery.snapshot(card.id), card, args.kind)
+        index.save(gallery.index_dir)
+    print(f"indexed {index.count} templates of {index.people} people ({args.kind}, generation {index.generation}) "
+          f"in {gallery.index_dir}")
+    return 0
+
+
+def open_gallery(path: str, create: bool = False) -> Gallery:
+    """The gallery; only enrolling commands create a missing one, so a mistyped --db is not a new empty gallery."""
+    if not create and not Path(path).exists():
+        raise EnrolmentError(f"no gallery at {path}: check --db, or enrol someone first")
+    return Gallery.open(path)
+
+
+# --- console output ------------------------------------------------------------------------------
+
+
+class Guide:
+    """Live camera guidance: one updating line on a terminal, a line per change of advice otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = ""
+
+    def __call__(self, verdict: Shot | Refusal, good: int) -> None:
+        advice = "good, hold it" if isinstance(verdict, Shot) else verdict.hint
+        if self.tty:
+            self.stream.write(f"\r\x1b[K[{good} good frames] {advice}")
+            self.stream.flush()
+        elif advice != self.last:
+            print(f"[{good} good frames] {advice}", file=self.stream, flush=True)
+        self.last = advice
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+class FolderProgress:
+    """Count, current person and ETA: an updating line on a terminal, a line per person otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+        self.shown = -1  # off a terminal: the person whose line was printed last
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.people_done == progress.people:
+            if self.tty:
+                self.stream.write("\r\x1b[K")
+            print(f"done: {progress.photos} photos in {duration(time.monotonic() - self.started)}",
+                  file=self.stream, flush=True)
+            return
+        line = (f"[{progress.people_done + 1}/{progress.people}] {progress.person}: "
+                f"{progress.photos_done}/{progress.photos} photos done, ETA {self.eta(progress)}")
+        if self.tty:
+            self.stream.write("\r\x1b[K" + line)
+            self.stream.flush()
+        elif progress.people_done != self.shown:
+            print(line, file=self.stream, flush=True)
+        self.shown = progress.people_done
+
+    def eta(self, progress: Progress) -> str:
+        if not progress.photos_done:
+            return "--:--"
+        elapsed = time.monotonic() - self.started
+        return duration(elapsed / progress.photos_done * (progress.photos - progress.photos_done))
+
+
+def duration(secs: float) -> str:
+    minutes, secs = divmod(int(round(secs)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
+
+
+def folder_summary(outcomes: list[PersonOutcome]) -> str:
+    enrolled = [o for o in outcomes if o.person_id is not None]
+    already = [o for o in outcomes if o.already]
+    failed = [o for o in outcomes if o.problem]
+    lines = [f"enrolled {len(enrolled)} people ({sum(o.enrolled for o in enrolled)} templates); "
+             f"{len(already)} already enrolled, left alone; {len(failed)} not enrolled"]
+    refused = [(o.name, r) for o in outcomes for r in o.refused]
+    if refused:
+        lines.append(f"refused photos ({len(refused)}):")
+        lines += [f"  {refusal.label}: {'; '.join(refusal.reasons)}" for _, refusal in refused]
+    if failed:
+        lines.append("not enrolled:")
+        lines += [f"  {o.name}: {o.problem}" for o in failed]
+    return "\n".join(lines)
+
+
+def outcome_json(outcome: PersonOutcome) -> dict[str, Any]:
+    return {"name": outcome.name, "person_id": outcome.person_id, "photos": outcome.photos,
+            "enrolled": outcome.enrolled, "already": outcome.already, "problem": outcome.problem,
+            "refused": [{"photo": r.label, "reasons": r.reasons} for r in outcome.refused]}
+
+
+def person_text(person: dict[str, Any]) -> str:
+    validity = f"{person['valid_from'] or 'always'} .. {person['valid_until'] or 'further notice'}"
+    fields = (("id", f"#{person['id']}"), ("name", person["name"]), ("external id", person["external_id"] or ""),
+              ("active", "yes" if person["active"] else "no"), ("valid", validity), ("note", person["note"] or ""),
+              ("created", person["created_at"]), ("updated", person["updated_at"]),
+              ("templates", str(person["template_count"])))
+    return "\n".join(f"{key:<12} {value}" for key, value in fields)
+
+
+def figure(quality: dict[str, Any], key: str, decimals: int) -> str:
+    value = quality.get(key)
+    return f"{value:.{decimals}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+
+
+def table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    cells = [[" ".join(str(value).split()) for value in row] for row in rows]  # a row stays one line
+    widths = [max([len(column)] + [len(row[i]) for row in cells]) for i, column in enumerate(columns)]
+    lines = [columns] + cells
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="enroll_local: %(message)s")
+    try:
+        return args.handler(args)
+    except UsageError as error:
+        print(f"enroll_local {args.command}: {error}", file=sys.stderr)
+        return 2
+    except FAILURES as error:
+        print(f"enroll_local {args.command}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"enroll_local {args.command}: interrupted; whatever was confirmed is stored whole, nothing is "
+              "half-written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
