@@ -18,6 +18,9 @@ class Notifier:
         if self.address.startswith("@"):  # abstract namespace
             self.address = "\0" + self.address[1:]
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) if self.address else None
+        if self._socket is not None:
+            # A full receive queue must never block the door loop: drop the message instead.
+            self._socket.setblocking(False)
 
     @property
     def enabled(self) -> bool:
