@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Benchmark the face pipeline per stage on a video.
+
+Runs detection (P-Net, R-Net, O-Net), alignment and embedding of every face
+over frames of a video and prints median and p90 latency per stage, faces per
+frame, frames per second and peak memory, for 1 and 2 intra-op threads, with
+the packed pyramid and level by level. Each configuration runs in its own
+process so peak memory and thread pools do not mix.
+
+examples:
+  python tools/bench.py                          # demo clip, every third frame, min face 40 and 80
+  python tools/bench.py clip.mp4 --stride 1 --min-face 60 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engines.align import align  # noqa: E402
+from engines.embedder import Embedder  # noqa: E402
+from engines.manifest import MODELS_DIR  # noqa: E402
+from engines.model_card import find_card  # noqa: E402
+from engines.mtcnn import DetectorConfig, MtcnnDetector  # noqa: E402
+from engines.runner import Runner, open_runner  # noqa: E402
+
+DEMO_CLIP = Path(__file__).resolve().parents[1] / "daemon" / "demo" / "video_02_hikers_walking_towards_camera.mp4"
+STAGES = ("pnet", "rnet", "onet", "detect", "align", "embed", "total")
+
+
+class TimedRunner(Runner):
+    """Wraps a runner and records how long each run takes."""
+
+    def __init__(self, inner: Runner) -> None:
+        self.inner = inner
+        self.times: list[float] = []
+
+    @property
+    def input_shapes(self):
+        return self.inner.input_shapes
+
+    @property
+    def output_shapes(self):
+        return self.inner.output_shapes
+
+    def run(self, inputs):
+        start = time.perf_counter()
+        try:
+            return self.inner.run(inputs)
+        finally:
+            self.times.append(time.perf_counter() - start)
+
+    def take(self) -> float:
+        """Milliseconds spent since the last take."""
+        total, self.times = sum(self.times), []
+        return total * 1000
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def read_frames(video: Path, stride: int, size: tuple[int, int]) -> list[np.ndarray]:
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))
+    frames, index = [], 0
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        if index % stride == 0:
+            frames.append(cv2.cvtColor(cv2.resize(frame, size), cv2.COLOR_BGR2RGB))
+        index += 1
+    if not frames:
+        raise SystemExit(f"error: no frames read from {video}")
+    return frames
+
+
+def measure(video: Path, stride: int, min_face: float, threads: int, packed: bool) -> dict:
+    frames = read_frames(video, stride, (640, 480))
+    nets = {role: TimedRunner(open_runner(find_card(MODELS_DIR, role).model_path, threads))
+            for role in ("pnet", "rnet", "onet")}
+    detector = MtcnnDetector(config=DetectorConfig(min_face_size=min_face, packed=packed), runners=nets)
+    embedder = Embedder.from_models(threads=threads)
+    detector.detect(frames[0])  # first-call allocations are not what a running door pays
+    for net in nets.values():
+        net.take()
+    times = {stage: [] for stage in STAGES}
+    faces = 0
+    wall = time.perf_counter()
+    for rgb in frames:
+        t0 = time.perf_counter()
+        found = detector.detect(rgb)
+        t1 = time.perf_counter()
+        chips = [align(rgb, face.landmarks, embedder.card.alignment)[0] for face in found]
+        t2 = time.perf_counter()
+        if chips:
+            embedder.embed(chips)
+        t3 = time.perf_counter()
+        faces += len(found)
+        for role, net in nets.items():
+            times[role].append(net.take())
+        for stage, seconds in (("detect", t1 - t0), ("align", t2 - t1), ("embed", t3 - t2), ("total", t3 - t0)):
+            times[stage].append(seconds * 1000)
+    wall = time.perf_counter() - wall
+    return {
+        "min_face": min_face, "threads": threads, "packed": packed, "frames": len(frames),
+        "faces_per_frame": faces / len(frames), "fps": len(frames) / wall,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "median": {s: statistics.median(v) for s, v in times.items()},
+        "p90": {s: float(np.percentile(v, 90)) for s, v in times.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("video", nargs="?", type=Path, default=DEMO_CLIP)
+    parser.add_argument("--stride", type=int, default=3, help="every N-th frame (default 3)")
+    parser.add_argument("--min-face", type=float, nargs="+", default=[40, 80])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # one configuration, run in a child process
+    args = parser.parse_args(argv)
+    if args.worker:
+        min_face, threads, packed = json.loads(args.worker)
+        print(json.dumps(measure(args.video, args.stride, min_face, threads, packed)))
+        return 0
+
+    results = []
+    for min_face in args.min_face:
+        for threads in args.threads:
+            for packed in (True, False):
+                config = json.dumps([min_face, threads, packed])
+                out = subprocess.run([sys.executable, __file__, str(args.video), "--stride", str(args.stride),
+                                      "--worker", config], capture_output=True, text=True, check=True)
+                results.append(json.loads(out.stdout))
+                print(f"measured min face {min_face:g}, {threads} thread(s), {'packed' if packed else 'level by level'}",
+                      file=sys.stderr)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"{args.video.name}, 640x480, every {args.stride} frame(s); median / p90 ms per frame")
+    header = f"{'min face':>8} {'thr':>3} {'pyramid':>8} | " + " ".join(f"{s:>11}" for s in STAGES)
+    print(header + f" | {'faces':>5} {'fps':>5} {'peak MiB':>8}")
+    for r in results:
+        cells = " ".join(f"{r['median'][s]:5.1f}/{r['p90'][s]:<5.1f}" for s in STAGES)
+        print(f"{r['min_face']:8g} {r['threads']:3d} {'packed' if r['packed'] else 'levels':>8} | {cells} | "
+              f"{r['faces_per_frame']:5.2f} {r['fps']:5.1f} {r['peak_mib']:8.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
