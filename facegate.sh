@@ -60,7 +60,7 @@ case "$job" in
   demo)
     ensure_venv
     ensure_installed ""
-    exec "$venv/bin/python" tools/recognize_video.py "$@"
+    exec "$venv/bin/python" -m daemon demo "$@"
     ;;
   test)
     ensure_venv
