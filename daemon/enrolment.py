@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import time
 import zipfile
 from collections import Counter
@@ -34,6 +33,7 @@ import numpy as np
 from daemon.gallery import SCHEMA_VERSION, AmbiguousName, Gallery, Person, PersonNotFound, Template
 from daemon.sources import Frame, FrameSource
 from engines.align import align
+from engines.atomic_file import atomic_file
 from engines.embedder import distance
 from engines.errors import ImageError
 from engines.face import Face
@@ -449,7 +449,6 @@ MANIFEST = "manifest.json"
 CHECKSUMS = "SHA256SUMS"
 BLOB_DTYPE = np.dtype("<f4")
 SOURCES = ("camera", "photo")
-PRIVATE_FILE = 0o600  # biometric data: readable by its owner only, whatever the umask
 
 
 @dataclass(frozen=True)
@@ -484,28 +483,8 @@ def export_bundle(gallery: Gallery, path: Path, model_id: str) -> Bundle:
         raise BundleError(f"{path} exists: remove it or choose another name; a bundle is never overwritten")
     if not path.parent.is_dir():
         raise BundleError(f"{path.parent} is not a folder: create it first, or choose another place")
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.unlink(missing_ok=True)  # left by a crash; O_EXCL below then guarantees the mode
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
-        with os.fdopen(fd, "wb") as file:
-            bundle = _write_bundle(file, gallery, path, model_id)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)  # the rename too must survive a power cut before the stick is pulled
-    return bundle
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with atomic_file(path) as file:  # owner-only; the rename is fsynced before the stick is pulled
+        return _write_bundle(file, gallery, path, model_id)
 
 
 def _write_bundle(file: IO[bytes], gallery: Gallery, path: Path, model_id: str) -> Bundle:

@@ -9,15 +9,17 @@ The builder (tools/build_engine.py) writes it; the runner reads and checks it.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from engines.atomic_file import write_atomic
 from engines.errors import ModelError
 from engines.manifest import sha256_of
+
+READABLE = 0o644  # engines are no secret, and provisioning (root) builds what the service user reads
 
 SCHEMA = 1
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -250,29 +252,9 @@ def sidecar_path(engine_path: str | Path) -> Path:
     return engine_path.with_name(engine_path.name + ".json")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name, fsync and rename, so a crash never leaves half a file under `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def write_metadata(engine_path: str | Path, metadata: EngineMetadata) -> Path:
     path = sidecar_path(engine_path)
-    write_atomic(path, (json.dumps(metadata.to_json(), indent=2) + "\n").encode())
+    write_atomic(path, (json.dumps(metadata.to_json(), indent=2) + "\n").encode(), mode=READABLE)
     return path
 
 

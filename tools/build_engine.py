@@ -40,9 +40,10 @@ from typing import Any, TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engines.engine_metadata import (INSTALL_HINT, PRECISIONS, BuildOptions, Calibration,  # noqa: E402
+from engines.atomic_file import write_atomic  # noqa: E402
+from engines.engine_metadata import (INSTALL_HINT, PRECISIONS, READABLE, BuildOptions, Calibration,  # noqa: E402
                                      EngineMetadata, Profile, gpu_identity, require_supported_tensorrt,
-                                     sidecar_path, tensorrt_version, write_atomic, write_metadata)
+                                     sidecar_path, tensorrt_version, write_metadata)
 from engines.errors import ModelError  # noqa: E402
 from engines.manifest import MODELS_DIR, sha256_of  # noqa: E402
 from engines.model_card import ModelCard, ModelCardError, load_card, load_cards  # noqa: E402
@@ -263,7 +264,7 @@ def build_one(job: Job, trt: Any, cuda: Any, verbose: bool, label: str) -> tuple
     finally:
         context.pop()
         context.detach()
-    write_atomic(job.output, data)
+    write_atomic(job.output, data, mode=READABLE)
     metadata = EngineMetadata(
         tensorrt=trt.__version__, gpu=gpu, onnx_file=job.onnx.name, onnx_path=str(job.onnx),
         onnx_sha256=sha256_of(job.onnx), model_id=job.card.id, role=job.card.role,
@@ -295,7 +296,7 @@ def serialize(job: Job, trt: Any, verbose: bool, label: str) -> bytes:
         raise BuildError(f"{job.onnx.name}: TensorRT built no engine (its log above says why; "
                          "--verbose for more, a larger --workspace if it ran out of memory)")
     if timing_cache is not None:
-        write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
+        write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()), mode=READABLE)
     return bytes(serialized)
 
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(TOOLS_DIR))
 sys.path.insert(0, str(TOOLS_DIR.parent))
 
 from engines import manifest  # noqa: E402
+from engines.atomic_file import write_atomic  # noqa: E402
 from engines.model_card import load_cards  # noqa: E402
 
 DLIB_FILE = "dlib_resnet_v1.onnx"
@@ -85,9 +86,7 @@ def convert(out_dir: Path) -> list[tuple[str, int, float, str]]:
 
 def _write(out_dir: Path, name: str, data: bytes, error: float) -> tuple[str, int, float, str]:
     path = out_dir / name
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_atomic(path, data, mode=0o644)
     return name, len(data), error, manifest.sha256_of(path)
 
 

@@ -1,4 +1,4 @@
-"""Owner-only files and directories, and crash-safe replacement of a file.
+"""Owner-only files and directories (crash-safe replacement is engines.atomic_file).
 
 Face templates are biometric data: everything the gallery writes is readable
 by its owner only, whatever the process umask.
@@ -43,29 +43,3 @@ def tighten(path: Path) -> None:
         pass
     except OSError as error:
         log.warning("cannot make %s owner-only: %s", path, error)
-
-
-def write_atomic(path: Path, data: memoryview | bytes) -> None:
-    """Replace path with data so that a crash leaves either the old or the new file, never a mix."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.unlink(missing_ok=True)  # left by a crash; O_EXCL below then guarantees mode 0600
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in the directory durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

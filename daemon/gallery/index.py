@@ -21,10 +21,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from engines.atomic_file import write_atomic
 from engines.model_card import ModelCard
 
 from .errors import GalleryError
-from .files import ensure_private_dir, write_atomic
+from .files import ensure_private_dir
 from .records import Snapshot
 from .store import Gallery
 

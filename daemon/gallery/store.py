@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from .errors import AmbiguousName, CorruptGallery, DuplicateExternalId, GalleryError, PersonNotFound
-from .files import create_private_file, ensure_private_dir, fsync_dir, tighten
+from engines.atomic_file import fsync_dir
+
+from .files import create_private_file, ensure_private_dir, tighten
 from .records import SOURCES, Person, Snapshot, StoredTemplate, Template
 from .schema import migrate, refuse_newer
 
