@@ -46,8 +46,10 @@ ensure_venv() {
 
 # Reinstall only when the package metadata changed since the last install.
 ensure_installed() {
-  local extras=$1 stamp="$venv/.facegate-installed$extras"
-  local want; want=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+  local extras=$1
+  local stamp="$venv/.facegate-installed$extras"
+  local want
+  want=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "== installing facegate$extras into $venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
