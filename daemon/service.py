@@ -8,6 +8,7 @@ watchdog is fed only while frames flow.
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import time
@@ -60,7 +61,10 @@ class DoorService:
         self._reload = threading.Event()
         self._last_tick = time.monotonic()
         self._closers: list[Callable[[], None]] = []
-        self.events: EventLog | None = None  # the door reports its first relay_off before the log opens
+        self.events: EventLog | None = None
+        # Door events arrive from gpiozero's threads, the door's timer and signal handlers; a
+        # SimpleQueue may be used from all of them (even re-entrantly), the event log may not.
+        self._door_events: queue.SimpleQueue = queue.SimpleQueue()
         # The door first: whatever fails after this, the relay has been driven off.
         self.door = Door(config.door, on_event=self._door_event,
                          pin_factory=pin_factory or make_pin_factory(config.door.pin_factory))
@@ -111,6 +115,7 @@ class DoorService:
             self.notifier.stopping()
             self._stop.set()
             self.door.release("stop")
+            self._record_door_events()
             self.events.record("stop", door=self.door.config.name)
             self.close()
 
@@ -122,8 +127,9 @@ class DoorService:
 
     def install_signal_handlers(self) -> None:
         def on_stop(signum, _frame):
-            log.info("%s: stopping", signal.Signals(signum).name)
-            self.door.release("stop signal")  # at once, not after the current frame
+            # Lock at once, not after the current frame, but from another thread: the
+            # interrupted code may hold a lock that releasing would need.
+            threading.Thread(target=self.door.release, args=("stop signal",), name="stop-release").start()
             self.stop()
 
         signal.signal(signal.SIGTERM, on_stop)
@@ -144,6 +150,7 @@ class DoorService:
         """Handle housekeeping and at most one frame; False when the source has ended."""
         now = time.monotonic()
         self._last_tick = now
+        self._record_door_events()
         if self._reload.is_set():
             self._reload.clear()
             self._apply_reload()
@@ -223,11 +230,21 @@ class DoorService:
                 log.error("main loop stalled for more than %.1f s: releasing the door", limit)
                 self.door.release("main loop stalled")
                 self.events.record("fault", door=self.door.config.name, reason="main loop stalled")
+            if late:
+                self._record_door_events()
             stalled = late
 
     def _door_event(self, kind: str, detail: str) -> None:
-        if kind in DOOR_EVENTS and self.events is not None:
-            self.events.record(kind, door=self.config.door.name, reason=detail)
+        if kind in DOOR_EVENTS:
+            self._door_events.put((kind, detail, time.time()))
+
+    def _record_door_events(self) -> None:
+        while self.events is not None:
+            try:
+                kind, detail, at = self._door_events.get_nowait()
+            except queue.Empty:
+                return
+            self.events.record(kind, door=self.config.door.name, reason=detail, at=at)
 
     def _apply_reload(self) -> None:
         """SIGHUP: new policy, decision and quality settings; a fresh look at the gallery."""

@@ -109,18 +109,20 @@ def test_sigterm_releases_the_relay_at_once(tmp_path, short_clip):
         time.sleep(0.05)
         released_while_running.append(relay.state)
 
-    threading.Thread(target=terminate_when_unlocked, daemon=True).start()
+    terminator = threading.Thread(target=terminate_when_unlocked, daemon=True)
+    terminator.start()
     try:
         code = service.run()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    terminator.join(timeout=10)
     assert code == 0
     assert released_while_running == [0]
     kinds = [e.kind for e in EventReader(config.events.path).query()]
     assert "relay_on" in kinds and kinds[-1] == "stop"
-    off = [e for e in EventReader(config.events.path).query(kinds=["relay_off"])]
-    assert "stop signal" in off[0].reason
+    off = [e.reason for e in EventReader(config.events.path).query(kinds=["relay_off"])]
+    assert off[0] == "start" and any("stop signal" in reason for reason in off[1:])
 
 
 def test_an_unhandled_error_releases_the_relay_and_exits_non_zero(tmp_path, short_clip):
