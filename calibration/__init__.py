@@ -1,0 +1,2 @@
+"""INT8 calibration: the calibration-set builder (dataset.py), ONNX Q/DQ quantisation (quantize.py)
+and TensorRT's entropy calibrator (trt_calibrator.py); `python -m calibration --help` for the CLI."""

@@ -40,6 +40,7 @@ from typing import Any, TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engines.arguments import natural as _natural, positive as _positive, size as _size  # noqa: E402
 from engines.atomic_file import write_atomic  # noqa: E402
 from engines.engine_metadata import (INSTALL_HINT, PRECISIONS, READABLE, BuildOptions, Calibration,  # noqa: E402
                                      EngineMetadata, Profile, gpu_identity, require_supported_tensorrt,
@@ -120,25 +121,6 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the sidecars of the built engines as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="TensorRT's INFO log")
     return parser
-
-
-def _size(text: str) -> tuple[int, int]:
-    first, sep, second = text.lower().partition("x")
-    if not (sep and first.isdigit() and second.isdigit() and int(first) > 0 and int(second) > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not two positive integers like 640x480")
-    return int(first), int(second)
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return int(text)
-
-
-def _natural(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
-    return int(text)
 
 
 # --- planning (no TensorRT needed) --------------------------------------------------------------

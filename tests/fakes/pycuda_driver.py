@@ -184,6 +184,15 @@ def _stream(handle: int) -> Stream:
     return _streams[handle]
 
 
+def memcpy_htod(dest, src: np.ndarray) -> None:
+    """The synchronous copy takes any contiguous host array, page-locked or not."""
+    if not src.flags.c_contiguous:
+        raise LogicError("memcpy_htod: src must be contiguous")
+    allocation = _allocation_at(int(dest), src.nbytes)
+    log.append(("htod", int(dest), src.nbytes))
+    allocation.data[:src.nbytes] = src.tobytes()
+
+
 def memcpy_htod_async(dest, src: np.ndarray, stream: Stream | None = None) -> None:
     if not _is_pagelocked(src):
         raise LogicError("memcpy_htod_async: src must be page-locked")

@@ -3,7 +3,8 @@
 Building: the ONNX parser reads the real model's inputs, outputs and node types
 (with the onnx package); build_serialized_network checks the profile covers the
 dynamic inputs, that the DLA gets FP16 or INT8, drives an INT8 calibrator and the
-progress monitor, adds an entry to the timing cache, and returns a JSON "plan".
+progress monitor, adds an entry to the timing cache, and returns a JSON "plan". A calibrator
+subclasses IInt8EntropyCalibrator2, whose __init__ must be called (pybind11's rule).
 Running: the engine and execution context keep TensorRT's rules (a current CUDA
 context, input shapes inside the profile, an address for every tensor, buffers
 large enough) and compute on the fake pycuda's device memory in stream order:
@@ -85,6 +86,21 @@ def nptype(dtype: DataType) -> type:
 class IProgressMonitor:
     def __init__(self) -> None:
         pass
+
+
+class _PybindClass(type):
+    """Like pybind11: a Python subclass whose __init__ skips the base class's __init__ cannot be made."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        instance = super().__call__(*args, **kwargs)
+        if not instance.__dict__.get("_base_initialised"):
+            raise TypeError("IInt8EntropyCalibrator2.__init__() must be called when overriding __init__")
+        return instance
+
+
+class IInt8EntropyCalibrator2(metaclass=_PybindClass):
+    def __init__(self) -> None:
+        self._base_initialised = True
 
 
 def _error(message: str) -> None:

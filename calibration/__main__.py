@@ -1,0 +1,6 @@
+"""`python -m calibration`: see calibration/cli.py."""
+import sys
+
+from calibration.cli import main
+
+sys.exit(main())
