@@ -33,7 +33,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 class Models:
     models_dir: Path
     engines: dict[str, Path]  # role -> TensorRT engine replacing that role's ONNX model
-    threads: int
+    threads: int  # ONNX Runtime intra-op threads per session
+    sessions: int  # ONNX Runtime sessions per model sharing each batch (engines.onnx_runner)
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def parse(raw: Any, path: Path | None = None) -> Config:
     )
 
 
-_DETECTOR_KEYS = {"models_dir", "engines", "threads", "min_face_size", "scale_factor", "thresholds", "max_input_side"}
+_DETECTOR_KEYS = {"models_dir", "engines", "threads", "sessions", "min_face_size", "scale_factor", "thresholds", "max_input_side"}
 _ROLES = ("pnet", "rnet", "onet", "embedder")
 
 
@@ -138,7 +139,8 @@ def _models(detector: Section) -> Models:
             if Path(value).suffix not in (".engine", ".plan"):
                 engines_section.fail(role, value, "a TensorRT .engine or .plan file built by tools/build_engine.py")
             engines[role] = Path(value)
-    return Models(models_dir, engines, detector.number("threads", 1, low=1, high=64, integer=True))
+    return Models(models_dir, engines, detector.number("threads", 1, low=1, high=64, integer=True),
+                  detector.number("sessions", 2, low=1, high=64, integer=True))
 
 
 def _detector(detector: Section) -> DetectorConfig:

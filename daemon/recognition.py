@@ -39,10 +39,11 @@ class Recogniser:
         engines = config.models.engines
         runners = {role: open_runner(path) for role, path in engines.items() if role != "embedder"}
         self.detector = MtcnnDetector(config.models.models_dir, config.detector, runners=runners,
-                                      threads=config.models.threads)
+                                      threads=config.models.threads, sessions=config.models.sessions)
         try:
             embedder_runner = open_runner(engines["embedder"]) if "embedder" in engines else None
-            self.embedder = Embedder(config.embedder, embedder_runner, threads=config.models.threads)
+            self.embedder = Embedder(config.embedder, embedder_runner, threads=config.models.threads,
+                                     sessions=config.models.sessions)
         except BaseException:
             self.detector.close()
             raise

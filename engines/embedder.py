@@ -51,14 +51,14 @@ class Embedder:
     max_batch to that size and gets short batches padded.
     """
 
-    def __init__(self, card: ModelCard, runner: Runner | None = None, *, threads: int = 1,
+    def __init__(self, card: ModelCard, runner: Runner | None = None, *, threads: int = 1, sessions: int = 1,
                  max_batch: int = 16) -> None:
         if card.role != "embedder" or card.alignment is None or card.embedding_dim is None:
             raise ModelError(f"{card.path}: role {card.role!r} is not an embedder card")
         if max_batch < 1:
             raise ValueError(f"max_batch = {max_batch}: expected >= 1")
         self.card = card
-        self.runner = runner if runner is not None else open_runner(card.model_path, threads)
+        self.runner = runner if runner is not None else open_runner(card.model_path, threads, sessions)
         try:
             self._output = self._output_name()
             self._fixed_batch = self._check_input()
@@ -69,11 +69,11 @@ class Embedder:
         self.max_batch = self._fixed_batch or max_batch
 
     @classmethod
-    def from_models(cls, models_dir: str | Path | None = None, *, threads: int = 1,
+    def from_models(cls, models_dir: str | Path | None = None, *, threads: int = 1, sessions: int = 1,
                     max_batch: int = 16) -> "Embedder":
         """The embedder of the single card with role 'embedder' in models_dir (default engines/models)."""
         card = find_card(Path(models_dir or MODELS_DIR), "embedder")
-        return cls(card, threads=threads, max_batch=max_batch)
+        return cls(card, threads=threads, sessions=sessions, max_batch=max_batch)
 
     @property
     def dim(self) -> int:

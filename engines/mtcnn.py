@@ -355,17 +355,18 @@ class MtcnnDetector:
 
     Nets come from the model cards in models_dir; pass `runners` ({'pnet', 'rnet',
     'onet'} -> Runner, e.g. TensorRT engines) to use other sessions for the same
-    cards. The detector owns its runners and closes them in close().
+    cards. The detector owns its runners and closes them in close(). threads and
+    sessions are for the ONNX models it opens (see engines.onnx_runner.OnnxRunner).
     """
 
     def __init__(self, models_dir: str | Path = MODELS_DIR, config: DetectorConfig = DetectorConfig(),
-                 runners: dict[str, Runner] | None = None, threads: int = 1) -> None:
+                 runners: dict[str, Runner] | None = None, threads: int = 1, sessions: int = 1) -> None:
         self.config = config
         runners = dict(runners or {})
         nets = {}
         for role in ("pnet", "rnet", "onet"):
             card = find_card(Path(models_dir), role)
-            nets[role] = _Net(card, runners.pop(role, None) or open_runner(card.model_path, threads))
+            nets[role] = _Net(card, runners.pop(role, None) or open_runner(card.model_path, threads, sessions))
         if runners:
             raise ModelError(f"unknown runner roles {sorted(runners)}: expected pnet, rnet, onet")
         self._pnet, self._rnet, self._onet = nets["pnet"], nets["rnet"], nets["onet"]
@@ -441,14 +442,36 @@ class MtcnnDetector:
 
     def _pnet_packed(self, octaves: Octaves, layout: PyramidLayout) -> list[tuple[np.ndarray, np.ndarray]]:
         """One P-Net call on the canvas, cut back into each level's (prob, reg) cell maps."""
-        out = self._pnet.run(_paste(level_images(octaves, layout), layout)[None])
-        prob, reg = out["prob"][0, 1], out["reg"][0]
+        prob, reg = self._pnet_canvas(_paste(level_images(octaves, layout), layout))
         maps = []
         for level in layout.levels:
             rows, cols = level.cells
             r, c = level.y // PNET_STRIDE, level.x // PNET_STRIDE
             maps.append((prob[r:r + rows, c:c + cols], reg[:, r:r + rows, c:c + cols]))
         return maps
+
+    def _pnet_canvas(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P-Net's face probability (rows x cols) and offsets (4 x rows x cols) for the canvas.
+
+        The canvas goes in as horizontal bands stacked on the batch axis, as many
+        as the runner computes side by side (one for TensorRT: the whole canvas),
+        still one call. Bands start on even rows and overlap by the receptive
+        field, so each band's cells are exactly the whole canvas's cells for its rows.
+        """
+        rows = (canvas.shape[0] - PNET_CELL) // PNET_STRIDE + 1
+        bands = max(1, min(self._pnet.runner.concurrency, rows))
+        band_rows = -(-rows // bands)
+        starts = [min(k * band_rows, rows - band_rows) for k in range(bands)]
+        height = PNET_STRIDE * (band_rows - 1) + PNET_CELL
+        out = self._pnet.run(np.stack([canvas[PNET_STRIDE * s:PNET_STRIDE * s + height] for s in starts]))
+        if bands == 1:
+            return out["prob"][0, 1], out["reg"][0]
+        prob = np.empty((rows, out["prob"].shape[3]), out["prob"].dtype)
+        reg = np.empty((4, rows, out["reg"].shape[3]), out["reg"].dtype)
+        for band, start in enumerate(starts):
+            prob[start:start + band_rows] = out["prob"][band, 1]
+            reg[:, start:start + band_rows] = out["reg"][band]
+        return prob, reg
 
     def _pnet_levels(self, octaves: Octaves, layout: PyramidLayout) -> list[tuple[np.ndarray, np.ndarray]]:
         """The classic way: one P-Net call per level, keeping the cells the packed canvas keeps."""

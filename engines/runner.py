@@ -27,6 +27,11 @@ class Runner(ABC):
     @abstractmethod
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
+    @property
+    def concurrency(self) -> int:
+        """Into how many parts run() splits a batch to compute them side by side (1: none)."""
+        return 1
+
     def close(self) -> None:
         """Release the session; the runner is unusable afterwards."""
 
@@ -40,15 +45,19 @@ class Runner(ABC):
 ENGINE_SUFFIXES = (".engine", ".plan")
 
 
-def open_runner(path: str | Path, threads: int = 1) -> Runner:
-    """The runner for a model file, chosen by its suffix."""
+def open_runner(path: str | Path, threads: int = 1, sessions: int = 1) -> Runner:
+    """The runner for a model file, chosen by its suffix.
+
+    threads and sessions (see OnnxRunner) apply to ONNX models; a TensorRT
+    engine runs on the GPU with one execution context.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model file not found: {path}")
     if path.suffix == ".onnx":
         from engines.onnx_runner import OnnxRunner
 
-        return OnnxRunner(path, threads=threads)
+        return OnnxRunner(path, threads=threads, sessions=sessions)
     if path.suffix in ENGINE_SUFFIXES:
         from engines.tensorrt_runner import TensorRTRunner
 

@@ -154,6 +154,8 @@ def test_onet_keeps_the_face_and_rejects_other_boxes(detector):
 class CountingRunner:
     """A real runner that counts its calls and whether it was closed."""
 
+    concurrency = 1
+
     def __init__(self, path):
         self.runner = OnnxRunner(path)
         self.calls = 0
@@ -327,6 +329,38 @@ def test_packed_pnet_cells_equal_level_by_level(every_cell_detectors, clip_frame
             assert len(a) == len(b) == level.cells[0] * level.cells[1]
             np.testing.assert_array_equal(a[:, :4], b[:, :4])
             np.testing.assert_allclose(a[:, 4:], b[:, 4:], atol=1e-4)
+
+
+@pytest.mark.parametrize("sessions", [2, 3])
+def test_pnet_in_bands_gives_the_whole_canvas_cells(every_cell_detectors, clip_frames, sessions):
+    whole = every_cell_detectors[0]
+    runners = {role: OnnxRunner(MODELS / f"mtcnn_{role}.onnx", sessions=sessions) for role in ("pnet", "rnet", "onet")}
+    with MtcnnDetector(config=whole.config, runners=runners) as banded:
+        for frame in [data.astronaut(), clip_frames[2]]:
+            layout, expected = all_cells(whole, frame)
+            _, cells = all_cells(banded, frame)
+            for a, b in zip(cells, expected):
+                np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+            assert [f.box.tolist() for f in banded.detect(frame)] == [f.box.tolist() for f in whole.detect(frame)]
+
+
+def test_pnet_bands_go_in_one_call_stacked_on_the_batch_axis():
+    class Banded(CountingRunner):
+        concurrency = 3
+
+        def run(self, inputs):
+            self.shapes = [a.shape for a in inputs.values()]
+            return super().run(inputs)
+
+    runners = {"pnet": Banded(MODELS / "mtcnn_pnet.onnx")}
+    detector = MtcnnDetector(runners=runners)
+    detector.detect(data.astronaut())
+    canvas_h, canvas_w = pyramid_layout(512, 512, detector.config).canvas_size
+    rows = (canvas_h - PNET_CELL) // PNET_STRIDE + 1
+    band_h = PNET_STRIDE * (-(-rows // 3) - 1) + PNET_CELL
+    assert runners["pnet"].calls == 1
+    assert runners["pnet"].shapes == [(3, 3, band_h, canvas_w)]
+    assert band_h < canvas_h
 
 
 def test_cells_map_back_to_their_window_in_the_frame(every_cell_detectors):

@@ -240,6 +240,14 @@ def test_check_config_names_the_bad_key(tmp_path):
     assert "decision.k = 9" in result.stderr
 
 
+def test_onnx_sessions_default_to_two_and_are_checked(tmp_path):
+    raw = demo_config(tmp_path, fast=True)
+    assert config_module.parse(raw).models.sessions == 2
+    raw["detector"] = {**raw.get("detector", {}), "sessions": 0}
+    with pytest.raises(config_module.ConfigError, match="detector.sessions = 0"):
+        config_module.parse(raw)
+
+
 def test_run_refuses_an_invalid_config(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("camera: {type: file, path: /nonexistent.mp4}\ncolour: blue\n")

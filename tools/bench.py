@@ -3,17 +3,21 @@
 
 Runs detection (P-Net, R-Net, O-Net), alignment and embedding of every face
 over frames of a video and prints median and p90 latency per stage, faces per
-frame, frames per second and peak memory, for 1 and 2 intra-op threads, with
-the packed pyramid and level by level. Each configuration runs in its own
-process so peak memory and thread pools do not mix.
+frame, frames per second and peak memory, for 1 and 2 intra-op threads per
+session and 1 and 2 sessions per model (engines.onnx_runner: each batch split
+between the sessions, P-Net's canvas in bands), with the packed pyramid and
+level by level. Each configuration runs in its own process so peak memory and
+thread pools do not mix, several times over (--repeat), and the table gives
+the median of the runs.
 
 examples:
   python tools/bench.py                          # demo clip, every third frame, min face 40 and 80
-  python tools/bench.py clip.mp4 --stride 1 --min-face 60 --threads 1
+  python tools/bench.py clip.mp4 --stride 1 --min-face 60 --threads 1 --sessions 2
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -52,6 +56,10 @@ class TimedRunner(Runner):
     def output_shapes(self):
         return self.inner.output_shapes
 
+    @property
+    def concurrency(self):
+        return self.inner.concurrency
+
     def run(self, inputs):
         start = time.perf_counter()
         try:
@@ -85,12 +93,12 @@ def read_frames(video: Path, stride: int, size: tuple[int, int]) -> list[np.ndar
     return frames
 
 
-def measure(video: Path, stride: int, min_face: float, threads: int, packed: bool) -> dict:
+def measure(video: Path, stride: int, min_face: float, threads: int, sessions: int, packed: bool) -> dict:
     frames = read_frames(video, stride, (640, 480))
-    nets = {role: TimedRunner(open_runner(find_card(MODELS_DIR, role).model_path, threads))
+    nets = {role: TimedRunner(open_runner(find_card(MODELS_DIR, role).model_path, threads, sessions))
             for role in ("pnet", "rnet", "onet")}
     detector = MtcnnDetector(config=DetectorConfig(min_face_size=min_face, packed=packed), runners=nets)
-    embedder = Embedder.from_models(threads=threads)
+    embedder = Embedder.from_models(threads=threads, sessions=sessions)
     detector.detect(frames[0])  # first-call allocations are not what a running door pays
     for net in nets.values():
         net.take()
@@ -113,7 +121,7 @@ def measure(video: Path, stride: int, min_face: float, threads: int, packed: boo
             times[stage].append(seconds * 1000)
     wall = time.perf_counter() - wall
     return {
-        "min_face": min_face, "threads": threads, "packed": packed, "frames": len(frames),
+        "min_face": min_face, "threads": threads, "sessions": sessions, "packed": packed, "frames": len(frames),
         "faces_per_frame": faces / len(frames), "fps": len(frames) / wall,
         "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "median": {s: statistics.median(v) for s, v in times.items()},
@@ -126,37 +134,58 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("video", nargs="?", type=Path, default=DEMO_CLIP)
     parser.add_argument("--stride", type=int, default=3, help="every N-th frame (default 3)")
     parser.add_argument("--min-face", type=float, nargs="+", default=[40, 80])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op threads per session")
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2], help="sessions per model")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each configuration, each in a fresh process; the table gives their median "
+                             "(this VM's neighbours move single runs by 10-20%%)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one configuration, run in a child process
     args = parser.parse_args(argv)
     if args.worker:
-        min_face, threads, packed = json.loads(args.worker)
-        print(json.dumps(measure(args.video, args.stride, min_face, threads, packed)))
+        min_face, threads, sessions, packed = json.loads(args.worker)
+        print(json.dumps(measure(args.video, args.stride, min_face, threads, sessions, packed)))
         return 0
 
-    results = []
-    for min_face in args.min_face:
-        for threads in args.threads:
-            for packed in (True, False):
-                config = json.dumps([min_face, threads, packed])
-                out = subprocess.run([sys.executable, __file__, str(args.video), "--stride", str(args.stride),
-                                      "--worker", config], capture_output=True, text=True, check=True)
-                results.append(json.loads(out.stdout))
-                print(f"measured min face {min_face:g}, {threads} thread(s), {'packed' if packed else 'level by level'}",
-                      file=sys.stderr)
+    configs = list(itertools.product(args.min_face, args.threads, args.sessions, (True, False)))
+    runs = {config: [] for config in configs}
+    # Round-robin over the configurations, so drift in the machine's load touches them all alike.
+    for round_ in range(args.repeat):
+        for config in configs:
+            out = subprocess.run([sys.executable, __file__, str(args.video), "--stride", str(args.stride),
+                                  "--worker", json.dumps(config)], capture_output=True, text=True, check=True)
+            runs[config].append(json.loads(out.stdout))
+            min_face, threads, sessions, packed = config
+            print(f"run {round_ + 1}/{args.repeat}: min face {min_face:g}, {threads} thread(s), {sessions} session(s), "
+                  f"{'packed' if packed else 'level by level'}", file=sys.stderr)
+    results = [summarise(r) for r in runs.values()]
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"{args.video.name}, 640x480, every {args.stride} frame(s); median / p90 ms per frame")
-    header = f"{'min face':>8} {'thr':>3} {'pyramid':>8} | " + " ".join(f"{s:>11}" for s in STAGES)
-    print(header + f" | {'faces':>5} {'fps':>5} {'peak MiB':>8}")
+    print(f"{args.video.name}, 640x480, every {args.stride} frame(s); median / p90 ms per frame, "
+          f"each the median of {args.repeat} runs; 'total range' is the spread of the runs' median totals")
+    header = f"{'min face':>8} {'thr':>3} {'ses':>3} {'pyramid':>8} | " + " ".join(f"{s:>11}" for s in STAGES)
+    print(header + f" | {'total range':>11} | {'faces':>5} {'fps':>5} {'peak MiB':>8}")
     for r in results:
         cells = " ".join(f"{r['median'][s]:5.1f}/{r['p90'][s]:<5.1f}" for s in STAGES)
-        print(f"{r['min_face']:8g} {r['threads']:3d} {'packed' if r['packed'] else 'levels':>8} | {cells} | "
-              f"{r['faces_per_frame']:5.2f} {r['fps']:5.1f} {r['peak_mib']:8.0f}")
+        spread = f"{r['total_range'][0]:.1f}-{r['total_range'][1]:.1f}"
+        print(f"{r['min_face']:8g} {r['threads']:3d} {r['sessions']:3d} {'packed' if r['packed'] else 'levels':>8} | "
+              f"{cells} | {spread:>11} | {r['faces_per_frame']:5.2f} {r['fps']:5.1f} {r['peak_mib']:8.0f}")
     return 0
 
+
+def summarise(runs: list[dict]) -> dict:
+    """One configuration's runs: the median of each figure over runs, the largest peak memory."""
+    first = runs[0]
+    totals = [r["median"]["total"] for r in runs]
+    return {
+        **{key: first[key] for key in ("min_face", "threads", "sessions", "packed", "frames", "faces_per_frame")},
+        "runs": len(runs), "total_range": [min(totals), max(totals)],
+        "fps": statistics.median(r["fps"] for r in runs),
+        "peak_mib": max(r["peak_mib"] for r in runs),
+        "median": {s: statistics.median(r["median"][s] for r in runs) for s in STAGES},
+        "p90": {s: statistics.median(r["p90"][s] for r in runs) for s in STAGES},
+    }
 
 if __name__ == "__main__":
     sys.exit(main())
