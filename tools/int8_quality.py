@@ -326,16 +326,22 @@ def detection_figures(models: dict[str, Path], reference: Reference) -> dict[str
 
 
 def compare_faces(fp32: list[list[Face]], int8: list[list[Face]], count_extra: bool = True) -> dict[str, Any]:
-    """Recall of FP32's faces among INT8's (IoU >= MATCH_IOU), INT8's extra faces, landmark shifts."""
-    matched, extra, shifts = 0, 0, []
-    for expected, got in zip(fp32, int8):
+    """Recall of FP32's faces among INT8's (IoU >= MATCH_IOU), INT8's extra faces, landmark shifts,
+    and the faces lost: frame index, FP32 width and score, and the best IoU any INT8 face has with it."""
+    matched, extra, shifts, lost = 0, 0, [], []
+    for frame, (expected, got) in enumerate(zip(fp32, int8)):
         pairs = match(expected, got)
         matched += len(pairs)
         extra += len(got) - len(pairs) if count_extra else 0
         shifts += [float(np.linalg.norm(expected[i].landmarks - got[j].landmarks, axis=1).max()) for i, j in pairs]
+        found = {i for i, _ in pairs}
+        lost += [{"frame": frame, "width": round(float(face.width), 1), "score": round(face.score, 3),
+                  "best_iou": round(max((iou(face.box, other.box) for other in got), default=0.0), 2)}
+                 for i, face in enumerate(expected) if i not in found]
     total = sum(len(faces) for faces in fp32)
     return {"fp32_faces": total, "matched": matched, "recall": matched / total if total else float("nan"),
-            "int8_extra": extra, "landmark_shift_median_px": float(np.median(shifts)) if shifts else float("nan")}
+            "int8_extra": extra, "landmark_shift_median_px": float(np.median(shifts)) if shifts else float("nan"),
+            "lost": lost}
 
 
 def match(expected: list[Face], got: list[Face]) -> list[tuple[int, int]]:
@@ -436,6 +442,10 @@ def render_detection(detection: dict[str, Any], jitter: dict[str, Any]) -> list[
     for name, d in [*rows, ("FP32 on +-1 grey level noise", jitter)]:
         lines.append(f"{name:34} {d['fp32_faces']:>10} {d['matched']:>8} {d['recall']:>8.4f} {d['int8_extra']:>6} "
                      f"{d['landmark_shift_median_px']:>18.2f}")
+    lost = detection["all"]["lost"]
+    if lost:
+        lines.append("faces INT8 (all) loses: " + ", ".join(
+            f"{f['width']:.0f} px score {f['score']:.2f} (best IoU {f['best_iou']:.2f})" for f in lost))
     return lines
 
 
