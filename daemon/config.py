@@ -112,7 +112,8 @@ def parse(raw: Any, path: Path | None = None) -> Config:
     )
 
 
-_DETECTOR_KEYS = {"models_dir", "engines", "threads", "sessions", "min_face_size", "scale_factor", "thresholds", "max_input_side"}
+_DETECTOR_KEYS = {"models_dir", "engines", "threads", "sessions", "min_face_size", "scale_factor", "thresholds",
+                  "max_input_side"}
 _ROLES = ("pnet", "rnet", "onet", "embedder")
 
 

@@ -464,8 +464,6 @@ class MtcnnDetector:
         starts = [min(k * band_rows, rows - band_rows) for k in range(bands)]
         height = PNET_STRIDE * (band_rows - 1) + PNET_CELL
         out = self._pnet.run(np.stack([canvas[PNET_STRIDE * s:PNET_STRIDE * s + height] for s in starts]))
-        if bands == 1:
-            return out["prob"][0, 1], out["reg"][0]
         prob = np.empty((rows, out["prob"].shape[3]), out["prob"].dtype)
         reg = np.empty((4, rows, out["reg"].shape[3]), out["reg"].dtype)
         for band, start in enumerate(starts):

@@ -25,7 +25,7 @@ class FacePipeline:
         self.embedder = embedder
 
     @classmethod
-    def from_models(cls, models_dir: str | Path | None = None, threads: int = 1, sessions: int = 1,
+    def from_models(cls, models_dir: str | Path | None = None, threads: int = 1,
                     detector_config: Any = None) -> "FacePipeline":
         """MTCNN and the embedder from the cards in models_dir (default engines/models).
 
@@ -34,9 +34,9 @@ class FacePipeline:
         from engines.mtcnn import DetectorConfig, MtcnnDetector  # the pipeline also serves other detectors
 
         models_dir = Path(models_dir or MODELS_DIR)
-        detector = MtcnnDetector(models_dir, detector_config or DetectorConfig(), threads=threads, sessions=sessions)
+        detector = MtcnnDetector(models_dir, detector_config or DetectorConfig(), threads=threads)
         try:
-            return cls(detector, Embedder.from_models(models_dir, threads=threads, sessions=sessions))
+            return cls(detector, Embedder.from_models(models_dir, threads=threads))
         except BaseException:
             detector.close()
             raise

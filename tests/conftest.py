@@ -1,6 +1,7 @@
 """Shared fixtures: paths to the repository and to the optional ../shared data."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -18,3 +19,13 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent: development data is only on development machines")
     return path
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:
+    """Poll until predicate() holds; bounded so a broken timer or source fails the test instead of hanging it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return predicate()

@@ -10,18 +10,9 @@ from gpiozero import OutputDevice
 from gpiozero.pins.mock import MockFactory
 
 from daemon.door import Door, DoorConfig, DoorConfigError, PinFactoryError, make_pin_factory
+from tests.conftest import wait_for
 
 RELAY, CONTACT, EXIT, LED_PIN, BUZZER_PIN = 17, 27, 22, 23, 24
-
-
-def wait_for(predicate, timeout: float = 3.0) -> bool:
-    """Poll until predicate() holds; bounded so a broken timer fails the test instead of hanging it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 class Events:

@@ -16,20 +16,10 @@ from daemon.settings import ConfigError
 from daemon.sources import (FileSource, OpenCVSource, Picamera2Source, SourceConfigError, SourceError,
                             make_source, parse_source_config)
 from daemon.sources.base import Backoff
-from tests.conftest import DEMO_CLIP
+from tests.conftest import DEMO_CLIP, wait_for
 
 FAST_BACKOFF = (0.01, 0.05)
 AUTO = cv2.CAP_PROP_ORIENTATION_AUTO
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    """Poll until predicate() holds; bounded so a broken source fails the test instead of hanging it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 def read_all(source, limit: int = 10_000) -> list:
