@@ -1,4 +1,5 @@
-"""INT8 calibration: the calibration-set builder, the Q/DQ quantiser and TensorRT's entropy calibrator.
+"""INT8 calibration: the calibration-set builder, the Q/DQ quantiser, the FP16 simulation and
+TensorRT's entropy calibrator.
 
 The builder and the quantiser run on real frames (a few of the demo clip and
 skimage's astronaut); the calibrator runs against the fakes in tests/fakes.
@@ -15,13 +16,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from skimage import data
 
 from calibration import cli
 from calibration.batches import CACHE_FILE, BatchWriter, CalibrationSetError, iter_batches, read_manifest
 from calibration.dataset import BuildOptions, build
+from calibration.fp16 import simulate_fp16, write_fp16_simulation
 from calibration.frames import Selection, iter_frames, letterbox, source_files
 from calibration.quantize import QuantizeOptions, float_node_names, quantize_model
 from engines.align import align
@@ -205,6 +208,37 @@ def test_nothing_to_calibrate_on_is_an_error(tmp_path):
     cv2.imwrite(str(blank), np.full((480, 640, 3), 128, np.uint8))
     with pytest.raises(ValueError, match="no rnet samples"):
         build([blank], tmp_path / "out", options())
+
+
+# --- FP16 simulation ----------------------------------------------------------------------------
+
+def test_fp16_simulation_rounds_what_it_computes():
+    """1 + 1e-4 is 1.0001 in FP32 and 1 in FP16 (whose step at 1 is 2**-10)."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "small"], ["y"])], "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        initializer=[helper.make_tensor("small", TensorProto.FLOAT, [1], [1e-4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    one = {"x": np.ones(1, np.float32)}
+    exact = onnxruntime.InferenceSession(model.SerializeToString()).run(None, one)[0]
+    half = onnxruntime.InferenceSession(simulate_fp16(model).SerializeToString()).run(None, one)[0]
+    assert exact[0] == np.float32(1.0001) and half[0] == 1.0
+    assert [n.op_type for n in model.graph.node] == ["Add"]  # the source is left alone
+
+
+def test_fp16_simulation_of_rnet_stays_close_but_not_equal_on_real_crops(calibration_set, tmp_path):
+    card = find_card(MODELS, "rnet")
+    simulated = write_fp16_simulation(card.model_path, tmp_path)
+    model = onnx.load(str(simulated))
+    for tensor in model.graph.initializer:
+        weights = numpy_helper.to_array(tensor)
+        assert np.array_equal(weights, weights.astype(np.float16).astype(np.float32)), tensor.name
+    crops = all_samples(calibration_set / "rnet")
+    fp32 = OnnxRunner(card.model_path).run({"input": crops})
+    fp16 = OnnxRunner(simulated).run({"input": crops})
+    difference = np.abs(fp32["prob"] - fp16["prob"])
+    assert 0 < difference.max() < 5e-3
 
 
 # --- the quantiser ------------------------------------------------------------------------------
@@ -391,6 +425,12 @@ def test_cli_builds_and_quantises(tmp_path, capsys):
     assert cli.main(["quantize", str(tmp_path / "cal"), "--roles", "rnet", "--method", "minmax",
                      "-o", str(tmp_path / "int8"), "--json"]) == 0
     assert Path(json.loads(capsys.readouterr().out)["roles"]["rnet"]["model"]).is_file()
+
+
+def test_cli_quantises_only_the_embedder_unless_told(tmp_path, capsys):
+    assert cli.main(["quantize", str(tmp_path / "cal"), "-o", str(tmp_path / "int8")]) == 1
+    error = capsys.readouterr().err
+    assert str(tmp_path / "cal" / "embedder") in error and "rnet" not in error
 
 
 def test_cli_method_choices_match_the_quantiser():

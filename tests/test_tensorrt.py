@@ -146,6 +146,53 @@ def test_int8_builds_a_qdq_model_without_a_calibrator(fake, tmp_path):
     assert metadata.options.card == str(MODELS / "mtcnn_rnet.yaml")
 
 
+def qdq_folder(folder: Path) -> Path:
+    """A model folder like `python -m calibration quantize --roles rnet` writes: R-Net's Q/DQ model and its card."""
+    folder.mkdir()
+    write_qdq_model(folder / "mtcnn_rnet.qdq.onnx")
+    card = (MODELS / "mtcnn_rnet.yaml").read_text().replace("file: mtcnn_rnet.onnx", "file: mtcnn_rnet.qdq.onnx")
+    (folder / "mtcnn_rnet.qdq.yaml").write_text(card)
+    return folder
+
+
+def test_all_with_one_role_int8_builds_it_from_its_qdq_model_and_the_rest_fp16(fake, tmp_path, capsys):
+    qdq = qdq_folder(tmp_path / "int8")
+    out = tmp_path / "engines"
+    assert cli("--all", "--frame-size", "640x480", "--precision", "rnet=int8", "--qdq-models", qdq,
+               "--out-dir", out, "--json") == 0
+    built = {entry["metadata"]["model"]["role"]: Path(entry["engine"]) for entry in json.loads(capsys.readouterr().out)}
+    assert {role: read_metadata(engine).options.precision for role, engine in built.items()} == {
+        "pnet": "fp16", "rnet": "int8", "onet": "fp16", "embedder": "fp16"}
+    assert built["rnet"].name == "mtcnn_rnet.qdq.int8.engine"
+    rnet = read_metadata(built["rnet"])
+    assert (rnet.onnx_path, rnet.card_path) == (str(qdq / "mtcnn_rnet.qdq.onnx"), str(qdq / "mtcnn_rnet.qdq.yaml"))
+    int8_builds = [config for _, config in fake.calls("build_serialized_network")
+                   if fake.trt.BuilderFlag.INT8 in config.flags]
+    assert len(int8_builds) == 1
+
+
+def test_a_default_precision_and_role_precisions_combine(fake, tmp_path, capsys):
+    assert cli("--all", "--frame-size", "640x480", "--precision", "fp32", "--precision", "embedder=fp16",
+               "--out-dir", tmp_path, "--json") == 0
+    built = json.loads(capsys.readouterr().out)
+    assert sorted(Path(entry["engine"]).name for entry in built) == [
+        "dlib_resnet_v1.fp16.engine", "mtcnn_onet.fp32.engine", "mtcnn_pnet.fp32.engine", "mtcnn_rnet.fp32.engine"]
+
+
+@pytest.mark.parametrize("args, message", [
+    ((RNET, "--precision", "rnet=int8"), "for --all"),
+    (("--all", "--precision", "fp16", "--precision", "int8"), "without a role"),
+    ((RNET, "--qdq-models", "."), "--qdq-models is for --all"),
+    (("--all", "--precision", "rnet=int8", "--qdq-models", ".", "--calibrator", "."), "one or the other"),
+    (("--all", "--frame-size", "640x480", "--precision", "onet=int8", "--qdq-models", "INT8"), "--roles onet"),
+])
+def test_role_precision_usage_errors_say_why(fake, tmp_path, capsys, args, message):
+    qdq_folder(tmp_path / "INT8")
+    assert cli(*[tmp_path / "INT8" if a == "INT8" else a for a in args]) == 2
+    assert message in capsys.readouterr().err
+    assert fake.calls("build_serialized_network") == []
+
+
 def test_int8_refuses_a_model_without_qdq_nodes(fake, tmp_path, capsys):
     assert cli(RNET, "--precision", "int8", "-o", tmp_path / "r.engine") == 2
     error = capsys.readouterr().err
@@ -312,7 +359,8 @@ def test_without_tensorrt_exits_1_saying_what_to_install(monkeypatch, tmp_path, 
     (), (RNET, "--all"), (RNET, "--max-batch", 4, "--opt-batch", 8), (RNET, "--calibrator", "."),
     (MODELS / "mtcnn_pnet.onnx", "--frame-size", "640x480", "--pnet-canvas", "146x430"),
     (RNET, "--frame-size", "640by480"), (RNET, "--max-batch", 0), (REPO / "nothing.onnx",),
-    ("--all", "--frame-size", "640x480", "--models", REPO / "tools"),
+    ("--all", "--frame-size", "640x480", "--models", REPO / "tools"), (RNET, "--precision", "face=int8"),
+    (RNET, "--precision", "int4"),
 ])
 def test_usage_errors_exit_2(fake, args):
     assert cli(*args) == 2

@@ -10,6 +10,8 @@ input; P-Net needs the packed pyramid canvas of the camera's frame size.
 examples:
   # every model in engines/models, FP16, P-Net for a 1280x720 camera
   python tools/build_engine.py --all --frame-size 1280x720 --out-dir /var/lib/facegate/engines
+  # the recommended mix: MTCNN FP16, the embedder INT8 from its Q/DQ model (python -m calibration quantize)
+  python tools/build_engine.py --all --precision embedder=int8 --qdq-models build/int8 --frame-size 1280x720
   # one model, with a larger batch limit
   python tools/build_engine.py engines/models/mtcnn_rnet.onnx -o rnet.fp16.engine --max-batch 1024
   # P-Net for an explicit canvas (height x width)
@@ -47,7 +49,7 @@ from engines.engine_metadata import (INSTALL_HINT, PRECISIONS, READABLE, BuildOp
                                      sidecar_path, tensorrt_version, write_metadata)
 from engines.errors import ModelError  # noqa: E402
 from engines.manifest import MODELS_DIR, sha256_of  # noqa: E402
-from engines.model_card import ModelCard, ModelCardError, load_card, load_cards  # noqa: E402
+from engines.model_card import ROLES, ModelCard, ModelCardError, find_card, load_card, load_cards  # noqa: E402
 
 DEFAULT_WORKSPACE_MIB = 1024
 # (opt, max) batch per batched role. R-Net sees every P-Net candidate left after NMS (tens on a
@@ -102,7 +104,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path,
                         help="engine file (default: OUT_DIR/<onnx stem>.<precision>.engine)")
     parser.add_argument("--out-dir", type=Path, default=Path("."), help="folder for engines (default: .)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp16", help="default: fp16")
+    parser.add_argument("--precision", type=_precision, action="append", default=[], metavar="[ROLE=]PRECISION",
+                        help=f"{'|'.join(PRECISIONS)} (default fp16); ROLE=PRECISION sets one role's with --all, "
+                             "e.g. embedder=int8 (repeatable)")
+    parser.add_argument("--qdq-models", type=Path, metavar="DIR",
+                        help="with --all: build the INT8 roles from their Q/DQ models in DIR (python -m calibration "
+                             "quantize) rather than from --models")
     parser.add_argument("--calibrator", type=Path, metavar="DIR",
                         help="INT8 by TensorRT's entropy calibrator over this calibration batch folder (with --all: "
                              "one subfolder per role, DIR/rnet, ...); without it, INT8 expects a Q/DQ ONNX")
@@ -126,26 +133,55 @@ def make_parser() -> argparse.ArgumentParser:
 # --- planning (no TensorRT needed) --------------------------------------------------------------
 
 def plan_jobs(args: argparse.Namespace) -> list[Job]:
-    check_option_combinations(args)
+    precisions = role_precisions(args)
+    check_option_combinations(args, set(precisions.values()))
     if args.all:
         cards = load_cards(args.models)
         if not cards:
             raise UsageError(f"--models {args.models}: no model cards (*.yaml) there")
-        return [plan_job(args, card.model_path, card, explicit_card=False) for card in cards]
+        return [plan_job(args, *source_for(args, card, precisions[card.role]), precisions[card.role],
+                         explicit_card=False) for card in cards]
     if not args.onnx.is_file():
         raise UsageError(f"{args.onnx}: no such ONNX file")
     card = load_card(args.card) if args.card else card_beside(args.onnx)
-    return [plan_job(args, args.onnx, card, explicit_card=args.card is not None)]
+    return [plan_job(args, args.onnx, card, precisions[None], explicit_card=args.card is not None)]
 
 
-def check_option_combinations(args: argparse.Namespace) -> None:
+def role_precisions(args: argparse.Namespace) -> dict[str | None, str]:
+    """The precision of each role (key None: of the ONNX given alone), from --precision's values."""
+    default = [precision for role, precision in args.precision if role is None]
+    per_role = dict((role, precision) for role, precision in args.precision if role is not None)
+    if len(default) > 1:
+        raise UsageError(f"--precision given {len(default)} times without a role")
+    if per_role and not args.all:
+        raise UsageError("--precision ROLE=... is for --all; one ONNX takes one --precision")
+    precision = default[0] if default else "fp16"
+    return {None: precision, **{role: per_role.get(role, precision) for role in ROLES}}
+
+
+def source_for(args: argparse.Namespace, card: ModelCard, precision: str) -> tuple[Path, ModelCard]:
+    """The ONNX and card an --all job builds from: the Q/DQ model for INT8 where --qdq-models names a folder."""
+    if precision != "int8" or args.qdq_models is None:
+        return card.model_path, card
+    try:
+        quantized = find_card(args.qdq_models, card.role)
+    except ModelCardError as error:
+        raise UsageError(f"--qdq-models: {error} (python -m calibration quantize --roles {card.role})") from None
+    return quantized.model_path, quantized
+
+
+def check_option_combinations(args: argparse.Namespace, precisions: set[str]) -> None:
     if args.all == (args.onnx is not None):
         raise UsageError("give one ONNX file or --all")
     if args.all and (args.output or args.card):
         raise UsageError("--output and --card name one engine; with --all use --out-dir")
-    if args.dla_core is not None and args.precision == "fp32":
+    if args.qdq_models is not None and not args.all:
+        raise UsageError("--qdq-models is for --all; give the Q/DQ ONNX itself (and --card) for one engine")
+    if args.qdq_models is not None and args.calibrator is not None:
+        raise UsageError("give --qdq-models or --calibrator: INT8 scales come from one or the other")
+    if args.dla_core is not None and "fp32" in precisions:
         raise UsageError("the DLA runs FP16 or INT8 only: add --precision fp16 or int8")
-    if args.calibrator is not None and args.precision != "int8":
+    if args.calibrator is not None and "int8" not in precisions:
         raise UsageError("--calibrator is for --precision int8")
     if args.pnet_canvas and args.frame_size:
         raise UsageError("give --pnet-canvas or --frame-size, not both")
@@ -160,9 +196,9 @@ def card_beside(onnx: Path) -> ModelCard:
     return matches[0]
 
 
-def plan_job(args: argparse.Namespace, onnx: Path, card: ModelCard, explicit_card: bool) -> Job:
-    options = BuildOptions(precision=args.precision, workspace_mib=args.workspace, dla_core=args.dla_core,
-                           calibration=calibration_for(args, onnx, card),
+def plan_job(args: argparse.Namespace, onnx: Path, card: ModelCard, precision: str, explicit_card: bool) -> Job:
+    options = BuildOptions(precision=precision, workspace_mib=args.workspace, dla_core=args.dla_core,
+                           calibration=calibration_for(args, onnx, card, precision),
                            timing_cache=_text(args.timing_cache),
                            card=str(args.card.resolve()) if explicit_card else None)
     if card.role == "pnet":
@@ -170,12 +206,12 @@ def plan_job(args: argparse.Namespace, onnx: Path, card: ModelCard, explicit_car
         profiles = {card.input_name: Profile(shape, shape, shape)}
     else:
         options, profiles = batch_profiles(args, options, card)
-    output = args.output or args.out_dir / f"{onnx.stem}.{args.precision}.engine"
+    output = args.output or args.out_dir / f"{onnx.stem}.{precision}.engine"
     return Job(onnx=onnx.resolve(), card=card, output=output.resolve(), options=options, profiles=profiles)
 
 
-def calibration_for(args: argparse.Namespace, onnx: Path, card: ModelCard) -> Calibration | None:
-    if args.precision != "int8":
+def calibration_for(args: argparse.Namespace, onnx: Path, card: ModelCard, precision: str) -> Calibration | None:
+    if precision != "int8":
         return None
     if args.calibrator is None:
         return Calibration("qdq", onnx.name)
@@ -214,6 +250,15 @@ def batch_profiles(args: argparse.Namespace, options: BuildOptions,
     shape = (3, height, width)
     profile = Profile((1, *shape), (opt, *shape), (largest, *shape))
     return replace(options, max_batch=largest, opt_batch=opt), {card.input_name: profile}
+
+
+def _precision(text: str) -> tuple[str | None, str]:
+    """'int8' -> (None, 'int8'); 'embedder=int8' -> ('embedder', 'int8')."""
+    role, sep, precision = text.rpartition("=")
+    if precision not in PRECISIONS or (sep and role not in ROLES):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected [ROLE=]PRECISION, ROLE one of {', '.join(ROLES)}, "
+                                         f"PRECISION one of {', '.join(PRECISIONS)}")
+    return (role if sep else None), precision
 
 
 def _text(path: Path | None) -> str | None:

@@ -6,13 +6,16 @@ Calibration and evaluation data never overlap:
                ../shared/data/sets/dlib_examples/scenes (in no evaluation set),
                letterboxed to 640x480: P-Net canvases, R-Net and O-Net crops and
                embedder chips, all from the FP32 cascade (calibration/dataset.py);
-  output error the same frames' P-Net canvases, R-Net and O-Net crops and chips
-               as the FP32 cascade makes them, through each net in FP32 and INT8:
-               the low-noise figure the calibration methods are compared on;
-  detection    the demo clip's frames with index % 3 == 0: INT8 must find
-               >= 99% of the faces FP32 finds (IoU >= 0.5), with all three nets
-               INT8 and with each net alone INT8 (which net loses the faces);
-               beside it, what FP32 itself loses to +-1 grey level of noise;
+  output error the clip's frames with index % 3 == 0: their P-Net canvases, R-Net
+               and O-Net crops and chips as the FP32 cascade makes them, through
+               each net in FP32 and INT8: the low-noise figure the calibration
+               methods are compared on;
+  detection    the demo clip's frames with index % 3 == 0 or 2 (all those not
+               calibrated on): INT8 must find >= 99% of the faces FP32 finds
+               (IoU >= 0.5), with all three nets INT8 and with each net alone INT8
+               (which net loses the faces); beside it, what FP32 itself loses to
+               +-1 grey level of noise, and what the three nets lose in FP16
+               (simulated: calibration/fp16.py);
   embedding    ../shared/data/dev_identities.tsv: each photo's largest face, found
                and aligned by FP32, embedded by FP32 and INT8: median cosine
                >= 0.99, and all-pairs ROC AUC within 0.005 of FP32; the AUC of the
@@ -45,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from calibration.batches import iter_batches  # noqa: E402
 from calibration.dataset import BuildOptions, build  # noqa: E402
+from calibration.fp16 import write_fp16_simulation  # noqa: E402
 from calibration.frames import Selection, iter_frames  # noqa: E402
 from calibration.quantize import METHODS, QuantizeOptions, quantize_model  # noqa: E402
 from engines import evaluation as ev  # noqa: E402
@@ -62,7 +66,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "daemon" / "demo" / "video_02_hikers_walking_towards_camera.mp4"
 SHARED_DATA = REPO.parent / "shared" / "data"
 FRAME_SIZE = (640, 480)
-EVERY, CALIBRATION_OFFSET, EVALUATION_OFFSET = 3, 1, 0
+EVERY, CALIBRATION_OFFSET, EVALUATION_OFFSETS = 3, 1, (0, 2)
 ROLES = ("pnet", "rnet", "onet", "embedder")
 TARGET_COSINE, TARGET_AUC_DROP, TARGET_RECALL, MATCH_IOU = 0.99, 0.005, 0.99, 0.5
 DEV_MIN_FACE = 20  # as tools/evaluate.py detects photos
@@ -79,6 +83,7 @@ class Reference:
     clip_frames: list[np.ndarray]
     clip_faces: list[list[Face]]
     jitter: dict[str, Any]  # FP32 against itself on the frames with +-1 grey level of noise
+    fp16: dict[str, Any]  # FP32 against the three nets in simulated FP16
     heldout: Path  # the nets' inputs on the evaluation frames (a calibration-set folder)
     dev_frames: list[np.ndarray]  # dev photos whose largest face FP32 found
     dev_identities: np.ndarray
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         step(f"measuring ({method})")
         results[method] = measure(models, reference, calibration)
     report = {"methods": results, "targets": targets(results[methods[0]]), "judged_method": methods[0],
-              "kept_fp32": list(keep_fp32), "fp32_jitter": reference.jitter,
+              "kept_fp32": list(keep_fp32), "fp32_jitter": reference.jitter, "fp16": reference.fp16,
               "fp32_dev_photos_without_face": reference.dev_missed}
     print(json.dumps(report, indent=1) if args.json else render(report))
     return 0 if all(t["pass"] for t in report["targets"]) else 1
@@ -175,20 +180,24 @@ def step(text: str) -> None:
 # --- FP32 reference -----------------------------------------------------------------------------
 
 def fp32_reference(dev: Path, work_dir: Path) -> Reference:
-    selection = Selection(EVERY, EVALUATION_OFFSET)
-    clip = [frame.rgb for frame in iter_frames([CLIP], FRAME_SIZE, selection)]
+    clip = [frame.rgb for offset in EVALUATION_OFFSETS
+            for frame in iter_frames([CLIP], FRAME_SIZE, Selection(EVERY, offset))]
     rng = np.random.default_rng(0)
     with MtcnnDetector() as detector:
         clip_faces = [detector.detect(frame) for frame in clip]
         noisy = [detector.detect(np.clip(frame + rng.integers(-1, 2, frame.shape), 0, 255).astype(np.uint8))
                  for frame in clip]
     jitter = compare_faces(clip_faces, noisy)
+    fp16 = {role: write_fp16_simulation(find_card(MODELS_DIR, role).model_path, work_dir / "fp16")
+            for role in ("pnet", "rnet", "onet")}
+    with int8_detector(fp16) as detector:
+        fp16_faces = compare_faces(clip_faces, [detector.detect(frame) for frame in clip])
     heldout = work_dir / "heldout"
-    build([CLIP], heldout, BuildOptions(frame_size=FRAME_SIZE, selection=selection))
+    build([CLIP], heldout, BuildOptions(frame_size=FRAME_SIZE, selection=Selection(EVERY, EVALUATION_OFFSETS[0])))
     frames, identities, chips, missed = dev_chips(dev)
     with Embedder.from_models() as embedder:
         embeddings = embedder.embed(chips)
-    return Reference(clip, clip_faces, jitter, heldout, frames, identities, chips, embeddings, missed)
+    return Reference(clip, clip_faces, jitter, fp16_faces, heldout, frames, identities, chips, embeddings, missed)
 
 
 def read_identities(tsv: Path) -> list[tuple[Path, str]]:
@@ -308,7 +317,7 @@ def pipeline_auc(models: dict[str, Path], reference: Reference, metric: str) -> 
 
 def int8_detector(models: dict[str, Path], config: DetectorConfig = DetectorConfig(),
                   roles: tuple[str, ...] = ("pnet", "rnet", "onet")) -> MtcnnDetector:
-    """The detector with the given nets INT8 and the others FP32."""
+    """The detector with the given nets from `models` (INT8 or simulated FP16) and the others FP32."""
     return MtcnnDetector(MODELS_DIR, config, runners={role: OnnxRunner(models[role]) for role in roles})
 
 
@@ -412,7 +421,7 @@ def render(report: dict[str, Any]) -> str:
         lines += ["", f"== calibration method: {method}"]
         lines += render_output_errors(figures["output_error"])
         lines += render_embedding(figures["embedding"])
-        lines += render_detection(figures["detection"], report["fp32_jitter"])
+        lines += render_detection(figures["detection"], report["fp32_jitter"], report["fp16"])
         lines += render_speed(figures["speed_ms"])
     lines.append(f"\ntargets ({report['judged_method']}; FP32 found no face in "
                  f"{report['fp32_dev_photos_without_face']} dev photos, left out):")
@@ -434,12 +443,12 @@ def render_embedding(e: dict[str, Any]) -> list[str]:
             f"INT8 detector + embedder {e['auc_int8_pipeline']:.5f}"]
 
 
-def render_detection(detection: dict[str, Any], jitter: dict[str, Any]) -> list[str]:
-    lines = [f"{'detection (clip % 3 == 0)':34} {'FP32 faces':>10} {'matched':>8} {'recall':>8} {'extra':>6} "
+def render_detection(detection: dict[str, Any], jitter: dict[str, Any], fp16: dict[str, Any]) -> list[str]:
+    lines = [f"{'detection (clip % 3 == 0 or 2)':34} {'FP32 faces':>10} {'matched':>8} {'recall':>8} {'extra':>6} "
              f"{'landmark shift px':>18}"]
     rows = [(f"INT8: {label}" if label.startswith("all") else f"INT8: {label} alone", d)
             for label, d in detection.items()]
-    for name, d in [*rows, ("FP32 on +-1 grey level noise", jitter)]:
+    for name, d in [*rows, ("FP32 on +-1 grey level noise", jitter), ("FP16 (simulated): all", fp16)]:
         lines.append(f"{name:34} {d['fp32_faces']:>10} {d['matched']:>8} {d['recall']:>8.4f} {d['int8_extra']:>6} "
                      f"{d['landmark_shift_median_px']:>18.2f}")
     lost = detection["all"]["lost"]
