@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         models = quantize_all(calibration, args.work_dir / method, options, exclude, keep_fp32)
         step(f"measuring ({method})")
         results[method] = measure(models, reference, calibration)
-    report = {"methods": results, "targets": targets(results[methods[0]]), "judged_method": methods[0],
-              "kept_fp32": list(keep_fp32), "fp32_jitter": reference.jitter, "fp16": reference.fp16,
+    report = {"methods": results, "targets": targets(results[methods[0]], reference.fp16),
+              "judged_method": methods[0], "kept_fp32": list(keep_fp32), "fp32_jitter": reference.jitter, "fp16": reference.fp16,
               "fp32_dev_photos_without_face": reference.dev_missed}
     print(json.dumps(report, indent=1) if args.json else render(report))
     return 0 if all(t["pass"] for t in report["targets"]) else 1
@@ -401,7 +401,8 @@ def median_ms(runs: list[Callable[[dict[str, np.ndarray]], Any]], inputs: dict[s
 
 # --- reporting ----------------------------------------------------------------------------------
 
-def targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
+def targets(figures: dict[str, Any], fp16: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's three INT8 targets, and the recommended mix's detector (MTCNN FP16) against the same bar."""
     embedding, detection = figures["embedding"], figures["detection"]["all"]
     drop = embedding["auc_fp32"] - embedding["auc_int8"]
     return [
@@ -412,6 +413,8 @@ def targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
         {"target": f"INT8 detector finds >= {TARGET_RECALL:.0%} of FP32's faces",
          "value": round(detection["recall"], 4),
          "pass": detection["recall"] >= TARGET_RECALL},
+        {"target": f"FP16 detector (simulated) finds >= {TARGET_RECALL:.0%} of FP32's faces",
+         "value": round(fp16["recall"], 4), "pass": fp16["recall"] >= TARGET_RECALL},
     ]
 
 
