@@ -27,7 +27,7 @@ Calibration and evaluation data never overlap:
 examples:
   python tools/int8_quality.py
   python tools/int8_quality.py --methods percentile,entropy,minmax   # compare calibration methods
-  python tools/int8_quality.py --keep-fp32 pnet   # P-Net left FP32 (FP16 on TensorRT), the others INT8
+  python tools/int8_quality.py --keep-fp16 pnet   # P-Net in (simulated) FP16, the others INT8
   python tools/int8_quality.py --float-first --exclude pnet:conv2 --json
 
 exit status: 0 every target met (for the first method), 1 a target missed or a step failed, 2 usage error.
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         methods = parse_methods(args.methods)
         exclude = parse_exclude(args.exclude)
-        keep_fp32 = parse_roles(args.keep_fp32)
+        keep_fp16 = parse_roles(args.keep_fp16)
         require_data(args.dev)
     except ValueError as error:
         print(f"int8_quality.py: error: {error}", file=sys.stderr)
@@ -112,11 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     for method in methods:
         options = QuantizeOptions(method=method, float_heads=not args.quantize_heads, float_first=args.float_first)
         step(f"quantising ({method}) -> {args.work_dir / method}")
-        models = quantize_all(calibration, args.work_dir / method, options, exclude, keep_fp32)
+        models = quantize_all(calibration, args.work_dir / method, options, exclude, keep_fp16)
         step(f"measuring ({method})")
         results[method] = measure(models, reference, calibration)
     report = {"methods": results, "targets": targets(results[methods[0]], reference.fp16),
-              "judged_method": methods[0], "kept_fp32": list(keep_fp32), "fp32_jitter": reference.jitter, "fp16": reference.fp16,
+              "judged_method": methods[0], "kept_fp16": list(keep_fp16), "fp32_jitter": reference.jitter,
+              "fp16": reference.fp16,
               "fp32_dev_photos_without_face": reference.dev_missed}
     print(json.dumps(report, indent=1) if args.json else render(report))
     return 0 if all(t["pass"] for t in report["targets"]) else 1
@@ -136,8 +137,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--float-first", action="store_true", help="also keep the layers reading the input in float")
     parser.add_argument("--exclude", action="append", default=[], metavar="ROLE:NODE",
                         help="keep this node of this role's model in float (repeatable)")
-    parser.add_argument("--keep-fp32", action="append", default=[], metavar="ROLE",
-                        help="leave this role's model FP32 (repeatable), e.g. pnet")
+    parser.add_argument("--keep-fp16", action="append", default=[], metavar="ROLE",
+                        help="measure this role's model in simulated FP16 instead of INT8 (repeatable), e.g. pnet")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser
 
@@ -163,7 +164,7 @@ def parse_exclude(items: list[str]) -> dict[str, tuple[str, ...]]:
 def parse_roles(items: list[str]) -> tuple[str, ...]:
     unknown = sorted(set(items) - set(ROLES))
     if unknown:
-        raise ValueError(f"--keep-fp32 {unknown[0]!r}: expected one of {', '.join(ROLES)}")
+        raise ValueError(f"--keep-fp16 {unknown[0]!r}: expected one of {', '.join(ROLES)}")
     return tuple(items)
 
 
@@ -234,13 +235,13 @@ def largest_face(detector: MtcnnDetector, path: Path) -> tuple[Face | None, np.n
 # --- quantising ---------------------------------------------------------------------------------
 
 def quantize_all(calibration: Path, out_dir: Path, options: QuantizeOptions, exclude: dict[str, tuple[str, ...]],
-                 keep_fp32: tuple[str, ...]) -> dict[str, Path]:
-    """The model of each role to measure as "INT8": its Q/DQ model, or the FP32 one where kept."""
+                 keep_fp16: tuple[str, ...]) -> dict[str, Path]:
+    """The model of each role to measure as "INT8": its Q/DQ model, or its FP16 simulation where kept."""
     models = {}
     for role in ROLES:
         card = find_card(MODELS_DIR, role)
-        if role in keep_fp32:
-            models[role] = card.model_path
+        if role in keep_fp16:
+            models[role] = write_fp16_simulation(card.model_path, out_dir)
         else:
             options_here = replace(options, exclude=exclude[role])
             models[role] = quantize_model(card.path, calibration / role, out_dir, options_here).model
@@ -419,7 +420,7 @@ def targets(figures: dict[str, Any], fp16: dict[str, Any]) -> list[dict[str, Any
 
 
 def render(report: dict[str, Any]) -> str:
-    lines = [f"models kept FP32: {', '.join(report['kept_fp32']) or 'none'}"]
+    lines = [f"models kept in FP16 (simulated): {', '.join(report['kept_fp16']) or 'none'}"]
     for method, figures in report["methods"].items():
         lines += ["", f"== calibration method: {method}"]
         lines += render_output_errors(figures["output_error"])
