@@ -191,7 +191,7 @@ def fp32_reference(dev: Path, work_dir: Path) -> Reference:
     jitter = compare_faces(clip_faces, noisy)
     fp16 = {role: write_fp16_simulation(find_card(MODELS_DIR, role).model_path, work_dir / "fp16")
             for role in ("pnet", "rnet", "onet")}
-    with int8_detector(fp16) as detector:
+    with detector_with(fp16) as detector:
         fp16_faces = compare_faces(clip_faces, [detector.detect(frame) for frame in clip])
     heldout = work_dir / "heldout"
     build([CLIP], heldout, BuildOptions(frame_size=FRAME_SIZE, selection=Selection(EVERY, EVALUATION_OFFSETS[0])))
@@ -305,7 +305,7 @@ def pipeline_auc(models: dict[str, Path], reference: Reference, metric: str) -> 
     """AUC with INT8 detection, alignment on INT8 landmarks and INT8 embeddings (photos INT8 misses are left out)."""
     card = find_card(MODELS_DIR, "embedder")
     config = DetectorConfig(min_face_size=DEV_MIN_FACE)
-    with int8_detector(models, config) as detector, Embedder(card, runner=OnnxRunner(models["embedder"])) as embedder:
+    with detector_with(models, config) as detector, Embedder(card, runner=OnnxRunner(models["embedder"])) as embedder:
         kept, chips = [], []
         for i, rgb in enumerate(reference.dev_frames):
             faces = detector.detect(rgb)
@@ -316,7 +316,7 @@ def pipeline_auc(models: dict[str, Path], reference: Reference, metric: str) -> 
     return verification_auc(embeddings, reference.dev_identities[kept], metric)
 
 
-def int8_detector(models: dict[str, Path], config: DetectorConfig = DetectorConfig(),
+def detector_with(models: dict[str, Path], config: DetectorConfig = DetectorConfig(),
                   roles: tuple[str, ...] = ("pnet", "rnet", "onet")) -> MtcnnDetector:
     """The detector with the given nets from `models` (INT8 or simulated FP16) and the others FP32."""
     return MtcnnDetector(MODELS_DIR, config, runners={role: OnnxRunner(models[role]) for role in roles})
@@ -326,7 +326,7 @@ def detection_figures(models: dict[str, Path], reference: Reference) -> dict[str
     figures = {}
     for label, roles in [("all", ("pnet", "rnet", "onet")), ("pnet", ("pnet",)), ("rnet", ("rnet",)),
                          ("onet", ("onet",))]:
-        with int8_detector(models, roles=roles) as detector:
+        with detector_with(models, roles=roles) as detector:
             found = [detector.detect(frame) for frame in reference.clip_frames]
         figures[label] = compare_faces(reference.clip_faces, found)
         if label == "all":
