@@ -18,13 +18,13 @@ import atexit
 import importlib
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from gpiozero import LED, Button, Buzzer, DigitalInputDevice, OutputDevice
 from gpiozero.pins import Factory
 
+from daemon.clock import Clock
 from daemon.settings import ConfigError, Section
 
 log = logging.getLogger("facegate.door")
@@ -159,8 +159,11 @@ class Door:
     """
 
     def __init__(self, config: DoorConfig, on_event: EventCallback | None = None, *,
-                 pin_factory: Factory | None = None) -> None:
+                 pin_factory: Factory | None = None, clock: Clock | None = None) -> None:
         self.config = config
+        # Deadlines (the unlock pulse, the held-open alarm) are on this clock: real time at a
+        # door, the video's time in a fast replay (daemon.clock).
+        self._clock = clock or Clock()
         self._on_event = on_event
         # RLock: release() may run in a signal handler on the main thread while that thread
         # is inside grant(); a plain lock would deadlock exactly when the door must lock.
@@ -169,7 +172,7 @@ class Door:
         self._closed = False
         self._unlocked = False
         self._unlock_reason = ""
-        self._relock_at: float | None = None  # time.monotonic() deadline of the unlock pulse
+        self._relock_at: float | None = None  # deadline of the unlock pulse, on self._clock
         self._door_open = False
         self._opened_during_unlock = False
         self._held_open_at: float | None = None  # deadline of the held-open alarm
@@ -211,14 +214,19 @@ class Door:
                     # Open at start: nobody was granted, but it is not a fresh forcing either;
                     # it counts as held open so a door left ajar still raises the alarm.
                     self._door_open = True
-                    self._held_open_at = time.monotonic() + config.held_open_seconds
+                    self._held_open_at = self._clock.now() + config.held_open_seconds
                     self._emit("door_opened", "open at start")
             if self._exit is not None:
                 self._exit.when_pressed = self._exit_pressed
         # Last resort for a forgotten close(); runs before gpiozero's own atexit hook (LIFO).
         atexit.register(self.close)
-        self._thread = threading.Thread(target=self._run, name=f"door-{config.name}", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        self._stop_following_clock = lambda: None
+        if self._clock.driven_by_frames:
+            self._stop_following_clock = self._clock.on_advance(self._on_clock)
+        else:
+            self._thread = threading.Thread(target=self._run, name=f"door-{config.name}", daemon=True)
+            self._thread.start()
 
     def _add(self, device: Any) -> Any:
         self._devices.append(device)
@@ -249,7 +257,7 @@ class Door:
         with self._lock:
             if self._closed:
                 return False
-            deadline = time.monotonic() + self.config.unlock_seconds
+            deadline = self._clock.now() + self.config.unlock_seconds
             if self._unlocked:
                 self._relock_at = max(self._relock_at or deadline, deadline)
                 self._emit("unlock_extended", reason)
@@ -286,7 +294,8 @@ class Door:
             self._set(self._buzzer, False)
             self._closed = True
             self._wake.notify_all()
-        if threading.current_thread() is not self._thread:
+        self._stop_following_clock()
+        if self._thread is not None and threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
         # Outside the lock: closing a gpiozero input may wait for its callback thread, which
         # may itself be waiting for our lock.
@@ -322,7 +331,7 @@ class Door:
             self._door_open = True
             if self._unlocked:
                 self._opened_during_unlock = True
-                self._held_open_at = time.monotonic() + self.config.held_open_seconds
+                self._held_open_at = self._clock.now() + self.config.held_open_seconds
                 self._emit("door_opened", f"during unlock ({self._unlock_reason})")
             else:
                 self._emit("door_opened", "while locked")
@@ -356,22 +365,29 @@ class Door:
         self._emit(kind, detail)
 
     def _run(self) -> None:
-        """Scheduler thread: one for the door's life, waking at the next deadline."""
+        """Scheduler thread on a real-time clock: one for the door's life, waking at the next deadline."""
         with self._wake:
             while not self._closed:
-                now = time.monotonic()
-                try:
-                    if self._relock_at is not None and now >= self._relock_at:
-                        self._relock("timeout")
-                    if self._held_open_at is not None and now >= self._held_open_at:
-                        self._held_open_at = None
-                        self._raise_alarm("alarm_held_open",
-                                          f"open longer than {self.config.held_open_seconds:g} s")
-                except Exception as error:  # keep the thread alive: it is what relocks the door
-                    self._fault(f"door scheduler: {error!r}")
-                    self._relock_at = self._held_open_at = None
+                self._expire(self._clock.now())
                 deadlines = [d for d in (self._relock_at, self._held_open_at) if d is not None]
-                self._wake.wait(max(0.0, min(deadlines) - time.monotonic()) if deadlines else None)
+                self._wake.wait(max(0.0, min(deadlines) - self._clock.now()) if deadlines else None)
+
+    def _on_clock(self, now: float) -> None:
+        """A frame-driven clock moved: the deadlines it passed expire now, in the frame's thread."""
+        with self._lock:
+            if not self._closed:
+                self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        try:
+            if self._relock_at is not None and now >= self._relock_at:
+                self._relock("timeout")
+            if self._held_open_at is not None and now >= self._held_open_at:
+                self._held_open_at = None
+                self._raise_alarm("alarm_held_open", f"open longer than {self.config.held_open_seconds:g} s")
+        except Exception as error:  # keep the scheduler alive: it is what relocks the door
+            self._fault(f"door scheduler: {error!r}")
+            self._relock_at = self._held_open_at = None
 
     def _fault(self, detail: str) -> None:
         log.error("door %s: %s", self.config.name, detail)

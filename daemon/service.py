@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from daemon import config as config_module
+from daemon.clock import clock_for
 from daemon.config import Config
 from daemon.decision import Decider, Decision
 from daemon.door import Door, make_pin_factory
@@ -65,8 +66,11 @@ class DoorService:
         # Door events arrive from gpiozero's threads, the door's timer and signal handlers; a
         # SimpleQueue may be used from all of them (even re-entrantly), the event log may not.
         self._door_events: queue.SimpleQueue = queue.SimpleQueue()
+        # Unlock pulses, alarms, track ages and the log and refresh intervals run on this clock;
+        # the stall guard and the systemd watchdog stay on real time (self._last_tick).
+        self.clock = clock_for(config.camera)
         # The door first: whatever fails after this, the relay has been driven off.
-        self.door = Door(config.door, on_event=self._door_event,
+        self.door = Door(config.door, on_event=self._door_event, clock=self.clock,
                          pin_factory=pin_factory or make_pin_factory(config.door.pin_factory))
         self._closers.append(self.door.close)
         try:
@@ -148,36 +152,38 @@ class DoorService:
 
     def step(self) -> bool:
         """Handle housekeeping and at most one frame; False when the source has ended."""
-        now = time.monotonic()
-        self._last_tick = now
+        real_now = time.monotonic()
+        self._last_tick = real_now
         self._record_door_events()
         if self._reload.is_set():
             self._reload.clear()
             self._apply_reload()
-        if now >= self._next_gallery_check:
-            self._next_gallery_check = now + self.config.gallery.refresh_seconds
+        if self.clock.now() >= self._next_gallery_check:
+            self._next_gallery_check = self.clock.now() + self.config.gallery.refresh_seconds
             if self.gallery.changed():
                 self.gallery.refresh()
                 log.info("gallery changed: %d people", self.gallery.index.people)
         frame = self.source.read(timeout=0.5)
         if frame is None:
             return not getattr(self.source, "exhausted", False)
-        self._process(frame)
-        self._feed_watchdog(now)
+        now = self.clock.frame_time(frame)  # on a video clock, the door's deadlines up to this frame expire here
+        self._record_door_events()
+        self._process(frame, now)
+        self._feed_watchdog(real_now)
         if now >= self._next_status:
             self._next_status = now + self.config.status_seconds
             self.notifier.status(self._status())
         return True
 
-    def _process(self, frame: Frame) -> None:
+    def _process(self, frame: Frame, now: float) -> None:
         started = time.perf_counter()
         observations = self.recogniser.observe(frame.rgb, self.gallery)
-        tracks = self.tracker.update([o.face.box for o in observations], frame.time)
+        tracks = self.tracker.update([o.face.box for o in observations], now)
         for track, observation in zip(tracks, observations):
             if not track.decided and observation.usable:
                 decision = self.decider.observe(track, observation.match)
                 if decision is not None:
-                    self._decide(decision, frame, observation)
+                    self._decide(decision, frame, observation, now)
         self.decider.forget({t.id for t in self.tracker.tracks})
         self.stats.frames += 1
         self.stats.faces += len(observations)
@@ -186,12 +192,12 @@ class DoorService:
         if self.on_frame is not None:
             self.on_frame(frame, list(zip(tracks, observations)), self.door.is_unlocked)
 
-    def _decide(self, decision: Decision, frame: Frame, observation: Observation) -> None:
+    def _decide(self, decision: Decision, frame: Frame, observation: Observation, now: float) -> None:
         door = self.door.config.name
         if decision.person_id is None:
             self.stats.unknowns += 1
-            if frame.time - self._last_unknown_event >= self.config.events.unknown_log_interval:
-                self._last_unknown_event = frame.time
+            if now - self._last_unknown_event >= self.config.events.unknown_log_interval:
+                self._last_unknown_event = now
                 self.events.record("unknown_face", door=door, track_id=decision.track_id,
                                    score=_nearest(observation), reason="no enrolled person matched")
                 log.info("unknown face on track %d", decision.track_id)

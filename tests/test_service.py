@@ -78,7 +78,10 @@ def test_the_enrolled_hiker_opens_the_door_and_nobody_else_does(tmp_path):
     service, watch, code = run_service(config, factory)
     assert code == 0
     assert watch.high_at, "the relay never went high for the enrolled hiker"
+    # A fast replay runs on the clip's clock: one pulse of unlock_seconds of clip time, whatever the machine's speed.
     assert max(watch.high_at) <= HIKER_GONE + config.door.unlock_seconds
+    assert max(watch.high_at) - min(watch.high_at) < config.door.unlock_seconds
+    assert max(watch.high_at) - min(watch.high_at) >= config.door.unlock_seconds - 2 / 29.97
     assert factory.pin(RELAY).state == 0, "the relay must be released at the end"
     grants = EventReader(config.events.path).query(kinds=["grant"])
     assert grants and {g.person_id for g in grants} == {person}
@@ -88,6 +91,37 @@ def test_the_enrolled_hiker_opens_the_door_and_nobody_else_does(tmp_path):
     factory = MockFactory()
     _, watch, code = run_service(make_config(tmp_path), factory)
     assert code == 0 and watch.high_at == [], "the relay went high with nobody enrolled"
+
+
+def event_sequence(path: Path) -> list[tuple]:
+    """The event log without its wall-clock timestamps."""
+    return [(e.kind, e.person_id, e.track_id, e.reason, e.score) for e in EventReader(path).query()]
+
+
+def test_a_fast_replay_decides_the_same_at_any_speed(tmp_path, short_clip):
+    """The same clip replayed with every frame slowed down and without: the same events and the same
+    relay timeline in clip time, because a fast replay's timers run on the video's clock."""
+    runs = []
+    for delay in (0.0, 0.1):
+        state = tmp_path / f"delay-{delay}"
+        config = make_config(state, short_clip, door={"relay": {"pin": RELAY, "unlock_seconds": 0.5}})
+        enrol_from_clip(config, DEMO_CLIP, ENROL_FRAME, "Lead Hiker")
+        factory = MockFactory()
+        watch = RelayWatch(factory)
+        service = DoorService(config, pin_factory=factory, on_frame=watch)
+        observe = service.recogniser.observe
+
+        def slow_observe(rgb, gallery, observe=observe, delay=delay):
+            time.sleep(delay)  # a machine this much slower per frame
+            return observe(rgb, gallery)
+
+        service.recogniser.observe = slow_observe
+        assert service.run() == 0
+        runs.append((event_sequence(config.events.path), watch.high_at))
+    (events, high_at), slowed = runs
+    assert [kind for kind, *_ in events].count("grant") == 1
+    assert high_at and max(high_at) - min(high_at) < 0.5, "the pulse outlasted its 0.5 s of clip time"
+    assert slowed == (events, high_at)
 
 
 def test_sigterm_releases_the_relay_at_once(tmp_path, short_clip):
