@@ -362,6 +362,15 @@ def test_the_gallery_and_bundles_are_owner_only_whatever_the_umask(tmp_path, pho
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
+def test_db_and_models_go_before_or_after_the_command(db):
+    after = run("list", "--json", db=db)
+    before = run("--db", db, "--models", MODELS, "list", "--json")
+    assert after.returncode == before.returncode == 0, before.stderr
+    assert json.loads(before.stdout) == json.loads(after.stdout) != []
+    missing = run("--db", db.parent / "missing.db", "list")
+    assert missing.returncode == 1 and "missing.db" in missing.stderr
+
+
 def test_check_exits_1_and_lists_the_problems_of_a_damaged_gallery(db):
     with closing(sqlite3.connect(db, isolation_level=None)) as raw:
         raw.execute("PRAGMA ignore_check_constraints = ON")

@@ -271,6 +271,17 @@ def test_cli_filters_and_json_lines(log, db_path, capsys):
     assert [json.loads(line)["person_name"] for line in capsys.readouterr().out.splitlines()] == ["Alice"]
 
 
+def test_cli_options_go_before_or_after_the_command(log, db_path, capsys):
+    fill(log)
+    assert cli.main(["--db", str(db_path), "--kind", "grant", "list", "--kind", "deny", "--json"]) == 0
+    assert [json.loads(line)["kind"] for line in capsys.readouterr().out.splitlines()] == ["grant", "deny"]
+    assert cli.main(["--db", str(db_path), "--limit", "1", "list", "--json"]) == 0
+    assert [json.loads(line)["kind"] for line in capsys.readouterr().out.splitlines()] == ["alarm_forced_open"]
+    # Given in both places, the one after the command wins.
+    assert cli.main(["--db", str(db_path.parent / "missing.db"), "list", "--db", str(db_path)]) == 0
+    assert cli.main(["--db", str(db_path), "list", "--db", str(db_path.parent / "missing.db")]) == 1
+
+
 def test_cli_relative_since(log, db_path, capsys):
     log.record("grant", at=datetime.now(timezone.utc) - timedelta(hours=3))
     log.record("deny")

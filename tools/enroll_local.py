@@ -8,7 +8,7 @@ sharp, large enough, frontal face; a new person whose face matches someone alrea
 command changes nothing.
 
 examples:
-  enroll_local.py add "Alice Martin" --photo alice1.jpg alice2.jpg --external-id E1001
+  enroll_local.py --db /var/lib/facegate/gallery.db add "Alice Martin" --photo alice1.jpg alice2.jpg --external-id E1001
   enroll_local.py add "Bob Stone" --camera --shots 3            # camera 0, guidance on screen
   enroll_local.py add "Bob Stone" --camera rtsp://10.0.0.7/live --shots 5 --keep-photo
   enroll_local.py add-folder /media/usb/staff                   # staff/<person name>/<photos>
@@ -21,6 +21,8 @@ examples:
   enroll_local.py export /media/usb/gallery.fgb
   enroll_local.py import /media/usb/gallery.fgb --merge
   enroll_local.py check && enroll_local.py rebuild-index
+
+--db and --models go before or after the command.
 
 exit status: 0 ok, 1 refused or failed (the gallery is unchanged), 2 usage error.
 """
@@ -38,6 +40,7 @@ from typing import Any, TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tools.cli_options import common_options, default  # noqa: E402
 from daemon.enrolment import (COLLISION_POLICIES, CameraError, Enroller, EnrolmentError, PersonDetails,  # noqa: E402
                               PersonOutcome, PhotosRefused, Progress, Refusal, Shot, add_shots, capture, enrol,
                               enrol_folder, export_bundle, find_person, import_bundle, judge_files, person_folders,
@@ -91,17 +94,20 @@ def seconds(text: str) -> float:
 # --- the parser -------------------------------------------------------------------------------
 
 
-def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", default=DEFAULT_DB, help=f"the gallery database (default {DEFAULT_DB})")
-    common.add_argument("--models", type=Path, default=MODELS_DIR,
+def common(parser: argparse.ArgumentParser, before: bool) -> None:
+    parser.add_argument("--db", default=default(DEFAULT_DB, before), help=f"the gallery database (default {DEFAULT_DB})")
+    parser.add_argument("--models", type=Path, default=default(MODELS_DIR, before),
                         help="folder of model cards and models (default: engines/models)")
+
+
+def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="enroll_local.py", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parent = common_options(top, common)
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, parents=[common], help=help, description=help)
+        sub = commands.add_parser(name, parents=[parent], help=help, description=help)
         sub.set_defaults(handler=handler)
         return sub
 

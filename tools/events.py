@@ -5,11 +5,13 @@ Reads the log read-only, so it is safe while the service runs. Times given witho
 are local time; --since/--until also take a relative age such as 30m, 12h or 7d.
 
 examples:
-  python tools/events.py list --since 24h
+  python tools/events.py --db /var/lib/facegate/events.db list --since 24h
   python tools/events.py list --kind deny --kind unknown_face --limit 50
   python tools/events.py list --person E1001 --since 2026-11-01 --json
   python tools/events.py export --format csv -o november.csv --since 2026-11-01 --until 2026-12-01
   python tools/events.py export --format json --kind alarm_forced_open,alarm_held_open
+
+The filters and --db go before or after the command; kinds given in both places add up.
 
 exit status: 0 ok, 1 the log could not be read or written out, 2 usage error.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tools.cli_options import common_options, default  # noqa: E402
 from daemon.events import Event, EventLogError, EventReader  # noqa: E402
 
 DEFAULT_DB = "/var/lib/facegate/events.db"
@@ -50,22 +53,27 @@ def positive(text: str) -> int:
     return int(text)
 
 
-def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", default=DEFAULT_DB, help=f"the event log (default {DEFAULT_DB})")
-    common.add_argument("--since", type=when, help="from this time on (inclusive)")
-    common.add_argument("--until", type=when, help="before this time")
-    common.add_argument("--kind", action="append", default=[],
+def filters(parser: argparse.ArgumentParser, before: bool) -> None:
+    parser.add_argument("--db", default=default(DEFAULT_DB, before), help=f"the event log (default {DEFAULT_DB})")
+    parser.add_argument("--since", type=when, default=default(None, before), help="from this time on (inclusive)")
+    parser.add_argument("--until", type=when, default=default(None, before), help="before this time")
+    # Its own dest after the command, so that kinds given before and after it add up.
+    parser.add_argument("--kind", action="append", dest="kind" if before else "kind_after_command",
+                        default=default([], before),
                         help="only these kinds (repeat or comma-separate): grant, deny, unknown_face, "
                              "exit_request, alarm_held_open, alarm_forced_open, relay_on, relay_off, fault, ...")
-    common.add_argument("--person", help="a person's name, external id or gallery id")
-    common.add_argument("--limit", type=positive, help="only the newest N events")
+    parser.add_argument("--person", default=default(None, before), help="a person's name, external id or gallery id")
+    parser.add_argument("--limit", type=positive, default=default(None, before), help="only the newest N events")
+
+
+def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="events.py", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parent = common_options(top, filters)
     commands = top.add_subparsers(dest="command", required=True)
-    listing = commands.add_parser("list", parents=[common], help="print events as a table")
+    listing = commands.add_parser("list", parents=[parent], help="print events as a table")
     listing.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
-    export = commands.add_parser("export", parents=[common], help="write events as CSV or JSON")
+    export = commands.add_parser("export", parents=[parent], help="write events as CSV or JSON")
     export.add_argument("--format", choices=("csv", "json"), default="csv")
     export.add_argument("-o", "--output", help="file to write (default: standard output)")
     return top
@@ -91,12 +99,13 @@ def table(events: list[Event]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    filters = {"since": args.since, "until": args.until, "person": args.person, "limit": args.limit,
-               "kinds": [k.strip() for item in args.kind for k in item.split(",") if k.strip()] or None}
+    kinds = args.kind + getattr(args, "kind_after_command", [])
+    query = {"since": args.since, "until": args.until, "person": args.person, "limit": args.limit,
+             "kinds": [k.strip() for item in kinds for k in item.split(",") if k.strip()] or None}
     try:
         with EventReader(args.db) as reader:
             if args.command == "list":
-                events = reader.query(**filters)
+                events = reader.query(**query)
                 if args.json:
                     for event in events:
                         print(json.dumps(asdict(event), ensure_ascii=False))
@@ -106,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 out = args.output if args.output else sys.stdout
                 export = reader.export_csv if args.format == "csv" else reader.export_json
-                count = export(out, **filters)
+                count = export(out, **query)
                 print(f"{count} events exported{' to ' + args.output if args.output else ''}", file=sys.stderr)
     except (EventLogError, OSError) as error:
         print(f"events: {error}", file=sys.stderr)
