@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from daemon import config as config_module
+from daemon.door import PinFactoryError, check_pin_factory_library
 from daemon.settings import ConfigError
 
 EPILOG = """examples:
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="serve the door (systemd runs this)")
     run.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH)
-    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check = commands.add_parser("check-config", help="validate a config file, and that its GPIO library imports here, and exit")
     check.add_argument("file", type=Path)
     demo = commands.add_parser("demo", help="the daemon on the bundled clip, mock GPIO, temporary state")
     demo.add_argument("--annotate", type=Path, metavar="OUT.mp4", help="also write the clip with boxes, names and door state")
@@ -31,9 +32,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "check-config":
         try:
-            config_module.load(args.file)
+            config = config_module.load(args.file)
         except ConfigError as error:
             print(f"invalid: {error}", file=sys.stderr)
+            return 1
+        try:  # the daemon would refuse to start here without the GPIO library the config names
+            check_pin_factory_library(config.door.pin_factory)
+        except PinFactoryError as error:
+            print(f"{args.file}: valid, but cannot run on this machine: {error}", file=sys.stderr)
             return 1
         print(f"{args.file}: valid")
         return 0

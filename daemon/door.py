@@ -33,15 +33,30 @@ EventCallback = Callable[[str, str], None]
 Pin = int | str  # gpiozero pin names: 17, "GPIO17", "BOARD11"
 
 LEVELS = ("low", "high")
+PULLS = ("internal", "external")  # an input's pull resistor: the GPIO chip's own, or one on the wiring
 
-# name -> (module, class, package to install); imported only when chosen, so a box without
-# a GPIO library still imports the daemon.
-_PIN_FACTORIES: dict[str, tuple[str, str, str | None]] = {
-    "mock": ("gpiozero.pins.mock", "MockFactory", None),
-    "lgpio": ("gpiozero.pins.lgpio", "LGPIOFactory", "lgpio"),
-    "rpigpio": ("gpiozero.pins.rpigpio", "RPiGPIOFactory", "RPi.GPIO"),
-    "pigpio": ("gpiozero.pins.pigpio", "PiGPIOFactory", "pigpio"),
-    "native": ("gpiozero.pins.native", "NativeFactory", None),
+
+@dataclass(frozen=True)
+class _FactorySpec:
+    module: str
+    cls: str
+    package: str | None = None  # the library it needs, imported only when chosen
+    install: str = ""  # how to install that library
+    internal_pull: bool = True  # False: every input needs door.<input>.pull: external
+
+
+# Imported only when chosen, so a box without a GPIO library still imports the daemon.
+_PIN_FACTORIES: dict[str, _FactorySpec] = {
+    "mock": _FactorySpec("gpiozero.pins.mock", "MockFactory"),
+    "lgpio": _FactorySpec("gpiozero.pins.lgpio", "LGPIOFactory", "lgpio", "pip install 'facegate[pi]'"),
+    "rpigpio": _FactorySpec("gpiozero.pins.rpigpio", "RPiGPIOFactory", "RPi.GPIO",
+                            "pip install RPi.GPIO (Raspberry Pi 4 and older)"),
+    "pigpio": _FactorySpec("gpiozero.pins.pigpio", "PiGPIOFactory", "pigpio",
+                           "pip install pigpio, with the pigpiod daemon running (Raspberry Pi 4 and older)"),
+    "native": _FactorySpec("gpiozero.pins.native", "NativeFactory"),
+    "jetson": _FactorySpec("daemon.jetson_pins", "JetsonFactory", "Jetson.GPIO",
+                           "sudo apt install python3-jetson-gpio (JetPack's package; the venv needs "
+                           "--system-site-packages, as tools/install_device.sh makes it)", internal_pull=False),
 }
 
 
@@ -58,21 +73,34 @@ def make_pin_factory(name: str | None) -> Factory | None:
     (its GPIOZERO_PIN_FACTORY environment variable, else its own preference order)."""
     if name is None:
         return None
+    check_pin_factory_library(name)
+    spec = _PIN_FACTORIES[name]
+    try:
+        return getattr(importlib.import_module(spec.module), spec.cls)()
+    except Exception as error:  # each library fails its own way when the GPIO chip is absent
+        raise PinFactoryError(f"pin factory {name!r} could not start: {error}") from error
+
+
+def check_pin_factory_library(name: str | None) -> None:
+    """Raise PinFactoryError, naming the package and how to install it, when the library the
+    pin factory `name` needs does not import here (check-config asks this on the device)."""
+    if name is None:
+        return
     if name not in _PIN_FACTORIES:
         raise DoorConfigError(f"door.pin_factory = {name!r} is not allowed: expected one of "
                               f"{sorted(_PIN_FACTORIES)} or null for gpiozero's default")
-    module_name, class_name, package = _PIN_FACTORIES[name]
+    spec = _PIN_FACTORIES[name]
+    if spec.package is None:
+        return
     try:
-        module = importlib.import_module(module_name)
+        importlib.import_module(spec.package)
     except ImportError as error:
         raise PinFactoryError(
-            f"pin factory {name!r} needs the Python package {package!r}, which does not import "
-            f"({error}); install it (on a Raspberry Pi: pip install 'facegate[pi]' for lgpio) "
-            f"or choose another door.pin_factory") from error
-    try:
-        return getattr(module, class_name)()
-    except Exception as error:  # each library fails its own way when the GPIO chip is absent
-        raise PinFactoryError(f"pin factory {name!r} could not start: {error}") from error
+            f"pin factory {name!r} needs the Python package {spec.package!r}, which does not import "
+            f"({error}); install it: {spec.install}; or choose another door.pin_factory") from error
+    except Exception as error:  # installed, but it refuses this machine (not a Pi / Jetson, no permission)
+        raise PinFactoryError(f"pin factory {name!r}: the package {spec.package!r} is installed but does "
+                              f"not start here: {error}") from error
 
 
 @dataclass(frozen=True)
@@ -83,9 +111,11 @@ class DoorConfig:
     unlock_seconds: float = 5.0
     contact_pin: Pin | None = None
     contact_closed_when: str = "low"  # pin level with the door closed: 'low' = reed switch to ground, pulled up
+    contact_pull: str = "internal"  # 'external': a resistor on the wiring pulls the input (a Jetson needs one)
     held_open_seconds: float = 30.0
     exit_pin: Pin | None = None
     exit_pressed_when: str = "low"
+    exit_pull: str = "internal"
     led_pin: Pin | None = None
     led_active_high: bool = True
     buzzer_pin: Pin | None = None
@@ -96,9 +126,11 @@ class DoorConfig:
     def __post_init__(self) -> None:
         if self.unlock_seconds <= 0 or self.held_open_seconds <= 0:
             raise DoorConfigError("door unlock_seconds and held_open_seconds must be positive")
-        for key in ("contact_closed_when", "exit_pressed_when"):
-            if getattr(self, key) not in LEVELS:
-                raise DoorConfigError(f"door {key} = {getattr(self, key)!r} is not allowed: expected 'low' or 'high'")
+        for key, allowed in (("contact_closed_when", LEVELS), ("exit_pressed_when", LEVELS),
+                             ("contact_pull", PULLS), ("exit_pull", PULLS)):
+            if getattr(self, key) not in allowed:
+                raise DoorConfigError(f"door {key} = {getattr(self, key)!r} is not allowed: expected "
+                                      + " or ".join(map(repr, allowed)))
         pins = [p for p in (self.relay_pin, self.contact_pin, self.exit_pin, self.led_pin, self.buzzer_pin)
                 if p is not None]
         if len(set(map(str, pins))) != len(pins):
@@ -129,12 +161,14 @@ def _door_values(section: dict[str, Any] | None, path: str) -> dict[str, Any]:
     }
     # An optional device is fitted when its section is present.
     if "contact" in top.raw:
-        contact = top.section("contact", {"pin", "closed_when", "held_open_seconds"})
+        contact = top.section("contact", {"pin", "closed_when", "pull", "held_open_seconds"})
         values.update(contact_pin=_pin(contact), contact_closed_when=contact.choice("closed_when", LEVELS, "low"),
+                      contact_pull=_pull(contact, top),
                       held_open_seconds=contact.number("held_open_seconds", 30.0, low=0.01, high=3600))
     if "exit_button" in top.raw:
-        button = top.section("exit_button", {"pin", "pressed_when"})
-        values.update(exit_pin=_pin(button), exit_pressed_when=button.choice("pressed_when", LEVELS, "low"))
+        button = top.section("exit_button", {"pin", "pressed_when", "pull"})
+        values.update(exit_pin=_pin(button), exit_pressed_when=button.choice("pressed_when", LEVELS, "low"),
+                      exit_pull=_pull(button, top))
     for device in ("led", "buzzer"):
         if device in top.raw:
             part = top.section(device, {"pin", "active_high"})
@@ -147,6 +181,29 @@ def _pin(section: Section) -> Pin:
     if isinstance(value, int) and value < 0 or value == "":
         section.fail("pin", value, "a GPIO number or a gpiozero pin name such as 'GPIO17'")
     return value
+
+
+def _pull(section: Section, top: Section) -> str:
+    """An input's pull resistor; refused as 'internal' where the pin factory has no such thing."""
+    pull = section.choice("pull", PULLS, "internal")
+    factory = top.raw.get("pin_factory")
+    if pull == "internal" and factory is not None and not _PIN_FACTORIES[factory].internal_pull:
+        default = " (the default)" if "pull" not in section.raw else ""
+        raise DoorConfigError(
+            f"{section.key('pull')} = 'internal'{default} is not allowed with {top.key('pin_factory')} = "
+            f"{factory!r}: its pins have no software pull resistors, so the input would float; fit a pull "
+            f"resistor (about 10 kOhm to 3.3 V for an input active low, to ground for one active high) and set "
+            f"{section.key('pull')}: external")
+    return pull
+
+
+def _input_pull(pull: str, active_level: str) -> dict[str, Any]:
+    """gpiozero's pull arguments for an input active at `active_level`. An internal pull holds the
+    input at its other level; with an external resistor gpiozero is told the active level instead
+    (pull_up=None with active_state, gpiozero's documented way for an externally pulled input)."""
+    if pull == "external":
+        return {"pull_up": None, "active_state": active_level == "high"}
+    return {"pull_up": active_level == "low"}
 
 
 class Door:
@@ -191,11 +248,12 @@ class Door:
                 # Not a Button: a shut door is "pressed" all day, and a Button's hold thread
                 # would fire when_held and delay close() by its hold_time.
                 self._contact = self._add(DigitalInputDevice(
-                    config.contact_pin, pull_up=config.contact_closed_when == "low",
+                    config.contact_pin, **_input_pull(config.contact_pull, config.contact_closed_when),
                     bounce_time=config.debounce_seconds, pin_factory=factory))
             if config.exit_pin is not None:
-                self._exit = self._add(Button(config.exit_pin, pull_up=config.exit_pressed_when == "low",
-                                              bounce_time=config.debounce_seconds, pin_factory=factory))
+                self._exit = self._add(Button(
+                    config.exit_pin, **_input_pull(config.exit_pull, config.exit_pressed_when),
+                    bounce_time=config.debounce_seconds, pin_factory=factory))
             if config.led_pin is not None:
                 self._led = self._add(LED(config.led_pin, active_high=config.led_active_high, pin_factory=factory))
             if config.buzzer_pin is not None:

@@ -69,9 +69,12 @@ class DoorService:
         # Unlock pulses, alarms, track ages and the log and refresh intervals run on this clock;
         # the stall guard and the systemd watchdog stay on real time (self._last_tick).
         self.clock = clock_for(config.camera)
+        if pin_factory is None:  # ours to close, after the door has released its pins
+            pin_factory = make_pin_factory(config.door.pin_factory)
+            if pin_factory is not None:
+                self._closers.append(pin_factory.close)
         # The door first: whatever fails after this, the relay has been driven off.
-        self.door = Door(config.door, on_event=self._door_event, clock=self.clock,
-                         pin_factory=pin_factory or make_pin_factory(config.door.pin_factory))
+        self.door = Door(config.door, on_event=self._door_event, clock=self.clock, pin_factory=pin_factory)
         self._closers.append(self.door.close)
         try:
             self.events = EventLog(config.events.path, max_rows=config.events.max_rows,

@@ -328,7 +328,7 @@ def test_config_from_yaml_section():
     ({"relay": {"pin": 17, "colour": "red"}}, "door.relay.colour is not a known key"),
     ({"relay": {"pin": 17}, "contact": {"pin": 27, "closed_when": "shut"}},
      "door.contact.closed_when = 'shut' is not allowed: expected 'low' or 'high'"),
-    ({"relay": {"pin": 17}, "pin_factory": "jetson"}, "door.pin_factory = 'jetson' is not allowed"),
+    ({"relay": {"pin": 17}, "pin_factory": "sysfs"}, "door.pin_factory = 'sysfs' is not allowed"),
     ({"relay": {"pin": True}}, "door.relay.pin = True is not allowed"),
     ({"relay": {"pin": 17}, "led": {"pin": 17}}, "expected a different pin for each device"),
 ])
@@ -342,8 +342,8 @@ def test_config_errors_name_the_key_path(section, message):
 def test_make_pin_factory():
     assert make_pin_factory(None) is None  # gpiozero's own choice
     assert isinstance(make_pin_factory("mock"), MockFactory)
-    with pytest.raises(DoorConfigError, match="door.pin_factory = 'jetson' is not allowed"):
-        make_pin_factory("jetson")
+    with pytest.raises(DoorConfigError, match="door.pin_factory = 'sysfs' is not allowed"):
+        make_pin_factory("sysfs")
 
 
 def test_missing_gpio_library_is_a_clear_error(monkeypatch):

@@ -1,8 +1,9 @@
-"""Fakes of tensorrt and pycuda.driver for tests on machines without a GPU.
+"""Fakes of tensorrt and pycuda.driver for tests on machines without a GPU, and of
+Jetson.GPIO for tests off a Jetson.
 
-install() loads a fresh copy of each per test (no state leaks between tests),
-gives both one shared call log, and puts them in sys.modules where the code
-under test imports them.
+install() and install_jetson_gpio() load a fresh copy of each per test (no state leaks
+between tests) and put them in sys.modules where the code under test imports them;
+install() gives tensorrt and pycuda one shared call log.
 """
 from __future__ import annotations
 
@@ -54,3 +55,13 @@ def install(monkeypatch: pytest.MonkeyPatch, tensorrt_version: str = "10.3.0",
     monkeypatch.setitem(sys.modules, "pycuda", package)
     monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
     return Fakes(trt, cuda, log)
+
+
+def install_jetson_gpio(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """The fake Jetson.GPIO, importable as `Jetson.GPIO`; its `log` lists every call."""
+    gpio = _fresh("Jetson.GPIO", FAKES / "jetson_gpio.py")
+    package = types.ModuleType("Jetson")
+    package.GPIO = gpio
+    monkeypatch.setitem(sys.modules, "Jetson", package)
+    monkeypatch.setitem(sys.modules, "Jetson.GPIO", gpio)
+    return gpio
