@@ -77,12 +77,46 @@ def load_cards(models_dir: Path) -> list[ModelCard]:
     return [load_card(p) for p in sorted(Path(models_dir).glob("*.yaml"))]
 
 
+def cards_of(models_dir: Path, role: str) -> list[ModelCard]:
+    """Every card for a role in a folder of models (several embedders may be installed side by side)."""
+    return [card for card in load_cards(models_dir) if card.role == role]
+
+
 def find_card(models_dir: Path, role: str) -> ModelCard:
-    """The single card for a role (e.g. 'pnet') in a folder of models."""
-    matches = [card for card in load_cards(models_dir) if card.role == role]
+    """The card for a role (e.g. 'pnet') in a folder of models: the only one, or, where the folder
+    holds several, the one its DEFAULTS file names for the role."""
+    matches = cards_of(models_dir, role)
+    if len(matches) > 1:
+        chosen = read_defaults(models_dir).get(role)
+        matches = [card for card in matches if card.id == chosen]
+        if not matches:
+            raise ModelCardError(f"{models_dir}: several model cards have role {role!r} and "
+                                 f"{Path(models_dir) / DEFAULTS_FILE} names none of them for it"
+                                 f"{'' if chosen is None else f' (it names {chosen!r})'}")
     if len(matches) != 1:
-        raise ModelCardError(f"{models_dir}: expected one model card with role {role!r}, found {len(matches)}")
+        raise ModelCardError(f"{models_dir}: expected a model card with role {role!r}, found none")
     return matches[0]
+
+
+DEFAULTS_FILE = "DEFAULTS"
+
+
+def read_defaults(models_dir: Path) -> dict[str, str]:
+    """Role -> card id from models_dir/DEFAULTS ('<role>  <card id>' lines, # comments); {} without it."""
+    path = Path(models_dir) / DEFAULTS_FILE
+    if not path.exists():
+        return {}
+    defaults = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2 or parts[0] not in ROLES:
+            raise ModelCardError(f"{path} line {number}: expected '<role>  <card id>' with a role of "
+                                 f"{list(ROLES)}, got {line!r}")
+        defaults[parts[0]] = parts[1]
+    return defaults
 
 
 class _Reader:

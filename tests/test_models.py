@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from engines import manifest
-from engines.model_card import ModelCardError, load_card, load_cards
+from engines.model_card import DEFAULTS_FILE, ModelCardError, cards_of, find_card, load_card, load_cards
 from tests.conftest import MODELS, REPO
 
 CARDS = load_cards(MODELS)
@@ -104,3 +104,34 @@ def test_export_check_fails_on_a_tampered_copy(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert "mtcnn_rnet.onnx: sha256" in result.stderr
+
+
+def second_embedder(folder, card_id: str = "dlib-resnet-v1-copy") -> None:
+    """Install another embedder card beside the first (same weights, another id)."""
+    raw = yaml.safe_load((folder / "dlib_resnet_v1.yaml").read_text())
+    raw["id"] = card_id
+    (folder / "copy.yaml").write_text(yaml.safe_dump(raw))
+
+
+def test_with_several_embedders_the_defaults_file_chooses(tmp_path):
+    copy = tmp_path / "models"
+    shutil.copytree(MODELS, copy)
+    second_embedder(copy)
+    assert sorted(card.id for card in cards_of(copy, "embedder")) == ["dlib-resnet-v1", "dlib-resnet-v1-copy"]
+    (copy / DEFAULTS_FILE).write_text("# the measured default\nembedder  dlib-resnet-v1-copy\n")
+    assert find_card(copy, "embedder").id == "dlib-resnet-v1-copy"
+    assert find_card(copy, "pnet").role == "pnet"
+
+
+@pytest.mark.parametrize("defaults, message", [(None, "names none of them"),
+                                               ("embedder  nobody\n", "it names 'nobody'"),
+                                               ("embedder\n", "line 1: expected")])
+def test_several_embedders_without_a_usable_default_are_refused(tmp_path, defaults, message):
+    copy = tmp_path / "models"
+    shutil.copytree(MODELS, copy)
+    (copy / DEFAULTS_FILE).unlink(missing_ok=True)
+    second_embedder(copy)
+    if defaults is not None:
+        (copy / DEFAULTS_FILE).write_text(defaults)
+    with pytest.raises(ModelCardError, match=message):
+        find_card(copy, "embedder")
