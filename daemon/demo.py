@@ -18,9 +18,8 @@ import numpy as np
 from daemon import config as config_module
 from daemon.gallery import Gallery, Template
 from daemon.recognition import Observation
-from daemon.service import DoorService
+from daemon.service import DoorService, Seen
 from daemon.sources import Frame, make_source
-from daemon.tracker import Track
 from engines.align import align
 from engines.embedder import Embedder
 from engines.mtcnn import MtcnnDetector
@@ -81,32 +80,29 @@ class LiveLog:
         self._writer = None
         self._annotate = annotate
 
-    def __call__(self, frame: Frame, observed: list[tuple[Track, Observation]], unlocked: bool) -> None:
-        for track, observation in observed:
-            if track.id not in self.seen:
-                self.seen.add(track.id)
-                print(f"{frame.video_time:6.2f}s  face on track {track.id} at {observation.face.box.round().astype(int).tolist()}")
+    def __call__(self, frame: Frame, seen: list[Seen], unlocked: bool) -> None:
+        for face in seen:
+            if face.track.id not in self.seen:
+                self.seen.add(face.track.id)
+                print(f"{frame.video_time:6.2f}s  face on track {face.track.id} at {face.face.box.round().astype(int).tolist()}")
         if unlocked != self._was_unlocked:
             print(f"{frame.video_time:6.2f}s  relay {'ON  (door unlocked)' if unlocked else 'off (door locked)'}")
             if unlocked:
                 self.relay_on_video_time.append(frame.video_time)
             self._was_unlocked = unlocked
         if self._annotate is not None:
-            self._write(frame, observed, unlocked)
+            self._write(frame, seen, unlocked)
 
-    def _write(self, frame: Frame, observed: list[tuple[Track, Observation]], unlocked: bool) -> None:
+    def _write(self, frame: Frame, seen: list[Seen], unlocked: bool) -> None:
         image = cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR)
         if self._writer is None:
             height, width = image.shape[:2]
             self._writer = cv2.VideoWriter(str(self._annotate), cv2.VideoWriter_fourcc(*"mp4v"), 29.97, (width, height))
-        for track, observation in observed:
-            match = observation.match
-            known = match is not None and match.distance < self.threshold
-            colour = (0, 200, 0) if known else (0, 0, 230) if observation.usable else (0, 200, 230)
-            label = f"{match.name} {match.distance:.2f}" if known else ("unknown" if observation.usable else "low quality")
-            x1, y1, x2, y2 = observation.face.box.round().astype(int)
+        for face in seen:
+            colour, label = _label(face.observation, self.threshold)
+            x1, y1, x2, y2 = face.face.box.round().astype(int)
             cv2.rectangle(image, (x1, y1), (x2, y2), colour, 2)
-            cv2.putText(image, f"#{track.id} {label}", (x1, max(12, y1 - 5)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1)
+            cv2.putText(image, f"#{face.track.id} {label}", (x1, max(12, y1 - 5)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1)
         state, colour = ("UNLOCKED", (0, 200, 0)) if unlocked else ("locked", (0, 0, 230))
         cv2.putText(image, f"door: {state}", (10, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.7, colour, 2)
         self._writer.write(image)
@@ -114,6 +110,16 @@ class LiveLog:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.release()
+
+
+def _label(observation: Observation | None, threshold: float) -> tuple[tuple[int, int, int], str]:
+    """Box colour (BGR) and text for a face in the annotated clip."""
+    if observation is None:
+        return (200, 200, 200), "decided"
+    match = observation.match
+    if match is not None and match.distance < threshold:
+        return (0, 200, 0), f"{match.name} {match.distance:.2f}"
+    return ((0, 0, 230), "unknown") if observation.usable else ((0, 200, 230), "low quality")
 
 
 def run_demo(annotate: Path | None = None, fast: bool = False) -> int:

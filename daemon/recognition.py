@@ -1,5 +1,9 @@
-"""One frame's faces: detect, align, check quality, embed the good ones, search the gallery.
+"""One frame's faces: detect them; then, for the faces the door still has to decide on,
+align, check quality, embed the good ones and search the gallery.
 
+Detection and recognition are two steps so that the tracker can sit between them:
+a face on a track that is already decided is not embedded again, and a person
+standing at the door after the decision costs detection only.
 Faces that fail the quality gate are still tracked (so a person walking in
 keeps one track) but never vote: a small or turned face must neither grant
 nor mark someone as unknown.
@@ -49,8 +53,11 @@ class Recogniser:
             raise
         self.limits = config.quality
 
-    def observe(self, rgb: np.ndarray, gallery: GalleryReader) -> list[Observation]:
-        faces = self.detector.detect(rgb)
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        return self.detector.detect(rgb)
+
+    def recognise(self, rgb: np.ndarray, faces: list[Face], gallery: GalleryReader) -> list[Observation]:
+        """Quality and, for the faces that pass the gate, the gallery's best match, in the order of faces."""
         chips = [align(rgb, face.landmarks, self.embedder.card.alignment)[0] for face in faces]
         qualities = [measure(face, chip, rgb.shape, self.limits.edge_margin) for face, chip in zip(faces, chips)]
         refusals = [problems(q, self.limits) for q in qualities]

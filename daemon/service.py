@@ -30,6 +30,7 @@ from daemon.recognition import Observation, Recogniser
 from daemon.settings import ConfigError
 from daemon.sources import Frame, make_source
 from daemon.tracker import Track, Tracker
+from engines.face import Face
 
 log = logging.getLogger("facegate.daemon")
 
@@ -40,6 +41,7 @@ DOOR_EVENTS = {"relay_on", "relay_off", "exit_request", "alarm_held_open", "alar
 class Stats:
     frames: int = 0
     faces: int = 0
+    recognised: int = 0  # faces aligned, checked and (when good enough) embedded: those on undecided tracks
     grants: int = 0
     denies: int = 0
     unknowns: int = 0
@@ -47,7 +49,17 @@ class Stats:
     frame_ms: list[float] = field(default_factory=list)  # recent processing times, for STATUS
 
 
-FrameHook = Callable[[Frame, list[tuple[Track, Observation]], bool], None]
+@dataclass(frozen=True)
+class Seen:
+    """A face in a frame, its track, and what recognition said of it: None on a decided track,
+    whose faces are no longer embedded."""
+
+    track: Track
+    face: Face
+    observation: Observation | None
+
+
+FrameHook = Callable[[Frame, list[Seen], bool], None]
 
 
 class DoorService:
@@ -180,20 +192,25 @@ class DoorService:
 
     def _process(self, frame: Frame, now: float) -> None:
         started = time.perf_counter()
-        observations = self.recogniser.observe(frame.rgb, self.gallery)
-        tracks = self.tracker.update([o.face.box for o in observations], now)
-        for track, observation in zip(tracks, observations):
-            if not track.decided and observation.usable:
-                decision = self.decider.observe(track, observation.match)
+        faces = self.recogniser.detect(frame.rgb)
+        tracks = self.tracker.update([face.box for face in faces], now)
+        pending = [i for i, track in enumerate(tracks) if not track.decided]
+        observations: list[Observation | None] = [None] * len(faces)
+        recognised = self.recogniser.recognise(frame.rgb, [faces[i] for i in pending], self.gallery)
+        for i, observation in zip(pending, recognised):
+            observations[i] = observation
+            if observation.usable:
+                decision = self.decider.observe(tracks[i], observation.match)
                 if decision is not None:
                     self._decide(decision, frame, observation, now)
         self.decider.forget({t.id for t in self.tracker.tracks})
         self.stats.frames += 1
-        self.stats.faces += len(observations)
+        self.stats.faces += len(faces)
+        self.stats.recognised += len(pending)
         self.stats.frame_ms = (self.stats.frame_ms + [(time.perf_counter() - started) * 1000])[-100:]
         self._frames_since_watchdog += 1
         if self.on_frame is not None:
-            self.on_frame(frame, list(zip(tracks, observations)), self.door.is_unlocked)
+            self.on_frame(frame, [Seen(*seen) for seen in zip(tracks, faces, observations)], self.door.is_unlocked)
 
     def _decide(self, decision: Decision, frame: Frame, observation: Observation, now: float) -> None:
         door = self.door.config.name

@@ -109,19 +109,39 @@ def test_a_fast_replay_decides_the_same_at_any_speed(tmp_path, short_clip):
         factory = MockFactory()
         watch = RelayWatch(factory)
         service = DoorService(config, pin_factory=factory, on_frame=watch)
-        observe = service.recogniser.observe
+        detect = service.recogniser.detect
 
-        def slow_observe(rgb, gallery, observe=observe, delay=delay):
+        def slow_detect(rgb, detect=detect, delay=delay):
             time.sleep(delay)  # a machine this much slower per frame
-            return observe(rgb, gallery)
+            return detect(rgb)
 
-        service.recogniser.observe = slow_observe
+        service.recogniser.detect = slow_detect
         assert service.run() == 0
         runs.append((event_sequence(config.events.path), watch.high_at))
     (events, high_at), slowed = runs
     assert [kind for kind, *_ in events].count("grant") == 1
     assert high_at and max(high_at) - min(high_at) < 0.5, "the pulse outlasted its 0.5 s of clip time"
     assert slowed == (events, high_at)
+
+
+def test_faces_on_decided_tracks_cost_detection_only(tmp_path, short_clip):
+    config = make_config(tmp_path, short_clip)
+    enrol_from_clip(config, DEMO_CLIP, ENROL_FRAME, "Lead Hiker")
+    seen_per_frame = []
+    service = DoorService(config, pin_factory=MockFactory(),
+                          on_frame=lambda frame, seen, unlocked: seen_per_frame.append(list(seen)))
+    embedded = []
+    embed = service.recogniser.embedder.embed
+    service.recogniser.embedder.embed = lambda chips: embedded.append(len(chips)) or embed(chips)
+    assert service.run() == 0
+    assert service.stats.grants == 1
+    seen = [face for frame in seen_per_frame for face in frame]
+    decided_in_view = [face for face in seen if face.observation is None]
+    assert len(decided_in_view) >= 20, "the hiker should stay in view for a while after her grant"
+    assert all(face.track.decided for face in decided_in_view)
+    # Every face that was recognised was on an undecided track when it was, and only those were embedded.
+    assert sum(embedded) == sum(1 for face in seen if face.observation is not None and face.observation.usable)
+    assert service.stats.recognised == len(seen) - len(decided_in_view)
 
 
 def test_sigterm_releases_the_relay_at_once(tmp_path, short_clip):
@@ -164,14 +184,14 @@ def test_an_unhandled_error_releases_the_relay_and_exits_non_zero(tmp_path, shor
     enrol_from_clip(config, DEMO_CLIP, ENROL_FRAME, "Lead Hiker")
     factory = MockFactory()
     service = DoorService(config, pin_factory=factory)
-    observe = service.recogniser.observe
+    detect = service.recogniser.detect
 
-    def crash_once_unlocked(rgb, gallery):
+    def crash_once_unlocked(rgb):
         if service.door.is_unlocked:
             raise RuntimeError("injected failure")
-        return observe(rgb, gallery)
+        return detect(rgb)
 
-    service.recogniser.observe = crash_once_unlocked
+    service.recogniser.detect = crash_once_unlocked
     assert service.run() == 1
     assert factory.pin(RELAY).state == 0
     faults = EventReader(config.events.path).query(kinds=["fault"])
@@ -184,18 +204,18 @@ def test_a_stalled_loop_releases_the_relay(tmp_path, short_clip):
     enrol_from_clip(config, DEMO_CLIP, ENROL_FRAME, "Lead Hiker")
     factory = MockFactory()
     service = DoorService(config, pin_factory=factory)
-    observe = service.recogniser.observe
+    detect = service.recogniser.detect
     relay = factory.pin(RELAY)
     state_during_stall = []
 
-    def stall_once_unlocked(rgb, gallery):
+    def stall_once_unlocked(rgb):
         if service.door.is_unlocked and not state_during_stall:
             time.sleep(1.5)  # the loop hangs (a stuck driver, say) with the door unlocked
             state_during_stall.append(relay.state)
             service.stop()
-        return observe(rgb, gallery)
+        return detect(rgb)
 
-    service.recogniser.observe = stall_once_unlocked
+    service.recogniser.detect = stall_once_unlocked
     service.run()
     assert state_during_stall == [0]
     assert any(e.reason == "main loop stalled" for e in EventReader(config.events.path).query(kinds=["fault"]))
