@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import shlex
+import shutil
 import sys
 import threading
 import types
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import yaml
 from onnx import TensorProto, helper
 
 from engines.engine_metadata import EngineMismatchError, read_metadata, rebuild_command, sidecar_path
@@ -305,6 +307,31 @@ def test_all_builds_every_model_into_the_folder(fake, tmp_path, capsys):
         assert engine.parent == out and engine.name.endswith(".fp16.engine")
         assert Path(entry["sidecar"]) == sidecar_path(engine)
         assert read_metadata(engine).role == entry["metadata"]["model"]["role"]
+
+
+def models_with_two_embedders(tmp_path) -> Path:
+    folder = tmp_path / "models"
+    shutil.copytree(MODELS, folder)
+    card = yaml.safe_load((folder / "dlib_resnet_v1.yaml").read_text())
+    card.update(id="second-embedder", file="second.onnx")
+    shutil.copy(folder / "dlib_resnet_v1.onnx", folder / "second.onnx")
+    (folder / "second.yaml").write_text(yaml.safe_dump(card))
+    (folder / "DEFAULTS").write_text("embedder  dlib-resnet-v1\n")
+    return folder
+
+
+def test_all_builds_the_embedder_the_door_uses_where_several_are_installed(fake, tmp_path, capsys):
+    folder = models_with_two_embedders(tmp_path)
+    args = ("--all", "--models", folder, "--frame-size", "640x480", "--out-dir", tmp_path / "engines", "--json")
+    assert cli(*args) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert [Path(e["engine"]).name for e in built if e["metadata"]["model"]["role"] == "embedder"] == \
+        ["dlib_resnet_v1.fp16.engine"]
+    assert cli(*args, "--embedder-card", folder / "second.yaml") == 0
+    built = json.loads(capsys.readouterr().out)
+    assert sorted(e["metadata"]["model"]["role"] for e in built) == ["embedder", "onet", "pnet", "rnet"]
+    assert [Path(e["engine"]).name for e in built if e["metadata"]["model"]["role"] == "embedder"] == \
+        ["second.fp16.engine"]
 
 
 def test_all_checks_every_model_before_building_any(fake, tmp_path):

@@ -49,7 +49,7 @@ from engines.engine_metadata import (INSTALL_HINT, PRECISIONS, READABLE, BuildOp
                                      sidecar_path, tensorrt_version, write_metadata)
 from engines.errors import ModelError  # noqa: E402
 from engines.manifest import MODELS_DIR, sha256_of  # noqa: E402
-from engines.model_card import ROLES, ModelCard, ModelCardError, find_card, load_card, load_cards  # noqa: E402
+from engines.model_card import ROLES, ModelCard, ModelCardError, cards_of, find_card, load_card, load_cards  # noqa: E402
 
 DEFAULT_WORKSPACE_MIB = 1024
 # (opt, max) batch per batched role. R-Net sees every P-Net candidate left after NMS (tens on a
@@ -97,10 +97,14 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="build_engine.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("onnx", nargs="?", type=Path, help="the ONNX model to build (or --all)")
-    parser.add_argument("--all", action="store_true", help="build every model card's ONNX in --models")
+    parser.add_argument("--all", action="store_true",
+                        help="build one engine per role from --models: the MTCNN nets and the embedder the door uses "
+                             "(the one engines/models/DEFAULTS names, or --embedder-card)")
     parser.add_argument("--models", type=Path, default=MODELS_DIR,
                         help="model folder for --all (default: engines/models)")
     parser.add_argument("--card", type=Path, help="model card of the ONNX (default: the card beside it naming it)")
+    parser.add_argument("--embedder-card", type=Path, metavar="CARD",
+                        help="with --all: the embedder to build, as the config's embedder.card names it")
     parser.add_argument("-o", "--output", type=Path,
                         help="engine file (default: OUT_DIR/<onnx stem>.<precision>.engine)")
     parser.add_argument("--out-dir", type=Path, default=Path("."), help="folder for engines (default: .)")
@@ -136,15 +140,30 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
     precisions = role_precisions(args)
     check_option_combinations(args, set(precisions.values()))
     if args.all:
-        cards = load_cards(args.models)
-        if not cards:
-            raise UsageError(f"--models {args.models}: no model cards (*.yaml) there")
+        cards = cards_to_build(args)
         return [plan_job(args, *source_for(args, card, precisions[card.role]), precisions[card.role],
                          explicit_card=False) for card in cards]
     if not args.onnx.is_file():
         raise UsageError(f"{args.onnx}: no such ONNX file")
     card = load_card(args.card) if args.card else card_beside(args.onnx)
     return [plan_job(args, args.onnx, card, precisions[None], explicit_card=args.card is not None)]
+
+
+def cards_to_build(args: argparse.Namespace) -> list[ModelCard]:
+    """--all: one card per role found in --models; several embedders installed side by side give the
+    one the door runs (DEFAULTS' choice, or --embedder-card)."""
+    try:
+        cards = [find_card(args.models, role) for role in ROLES
+                 if role != "embedder" and cards_of(args.models, role)]
+        if args.embedder_card is not None:
+            cards.append(load_card(args.embedder_card))
+        elif cards_of(args.models, "embedder"):
+            cards.append(find_card(args.models, "embedder"))
+    except (ModelCardError, OSError) as error:
+        raise UsageError(f"--models {args.models}: {error}") from None
+    if not cards:
+        raise UsageError(f"--models {args.models}: no model cards (*.yaml) there")
+    return cards
 
 
 def role_precisions(args: argparse.Namespace) -> dict[str | None, str]:
@@ -175,6 +194,8 @@ def check_option_combinations(args: argparse.Namespace, precisions: set[str]) ->
         raise UsageError("give one ONNX file or --all")
     if args.all and (args.output or args.card):
         raise UsageError("--output and --card name one engine; with --all use --out-dir")
+    if args.embedder_card is not None and not args.all:
+        raise UsageError("--embedder-card is for --all; give the embedder's ONNX itself (and --card) for one engine")
     if args.qdq_models is not None and not args.all:
         raise UsageError("--qdq-models is for --all; give the Q/DQ ONNX itself (and --card) for one engine")
     if args.qdq_models is not None and args.calibrator is not None:
