@@ -39,6 +39,11 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
 
+def mirrored(chips: np.ndarray) -> np.ndarray:
+    """N x H x W x C chips flipped left to right (the face's left is its right)."""
+    return np.ascontiguousarray(chips[:, :, ::-1])
+
+
 def _static_size(dims: tuple) -> int | None:
     """Elements per sample of an output ([N, 128] and [N, 128, 1, 1] both give 128); None if dynamic."""
     return int(np.prod(dims)) if all(isinstance(d, int) for d in dims) else None
@@ -49,6 +54,11 @@ class Embedder:
 
     A model with a fixed batch size (a TensorRT engine built for one) sets
     max_batch to that size and gets short batches padded.
+
+    Where the card says embedding.flip_average, each chip's horizontal mirror is
+    embedded beside it, in the same batch (so a runner with several sessions
+    computes the two side by side), and the chip's embedding is the mean of the
+    two; mirrors count toward max_batch.
     """
 
     def __init__(self, card: ModelCard, runner: Runner | None = None, *, threads: int = 1, sessions: int = 1,
@@ -87,8 +97,16 @@ class Embedder:
     def embed(self, chips: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """N x dim float32 embeddings of N aligned HxWx3 uint8 RGB chips, in batches of max_batch."""
         batch = self._chip_array(chips)
+        count = len(batch)
+        if self.card.flip_average:  # chip 0, its mirror, chip 1, its mirror, ...
+            batch = np.stack([batch, mirrored(batch)], axis=1).reshape(-1, *batch.shape[1:])
         parts = [self._run(batch[i:i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
         embeddings = np.concatenate(parts) if parts else np.empty((0, self.dim), np.float32)
+        if self.card.flip_average:
+            pairs = embeddings.reshape(count, 2, embeddings.shape[1])
+            if self.card.normalize or self.card.metric == "cosine":  # a direction: average unit vectors
+                pairs = _unit(pairs)
+            embeddings = pairs.mean(axis=1, dtype=np.float32)
         if self.card.normalize:
             embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
         return embeddings

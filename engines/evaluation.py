@@ -1,4 +1,4 @@
-"""Verification and identification metrics over embedding distances.
+"""Verification and identification metrics over embedding distances, and which face of a photo to measure.
 
 Distances follow the model card's metric: lower means more alike. A pair is
 accepted as "same person" when its distance is below the threshold.
@@ -6,8 +6,31 @@ accepted as "same person" when its distance is below the threshold.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
+
+from engines.face import Face
+
+# How a labelled photo holding several faces names the one it is about. Enrolment has its own rule
+# (exactly one face, or the largest on request: daemon/enrolment.py) and does not use these.
+FACE_RULES = ("central", "largest")
+
+
+def select_face(faces: Sequence[Face], image_shape: tuple[int, ...], rule: str) -> Face | None:
+    """The face a labelled photo is about, None when there is none.
+
+    central: the face whose box centre is nearest the photo's centre (pairs protocols such as LFW centre
+    the subject, and bystanders are often larger); largest: the widest box. Ties go to the first found.
+    """
+    if rule not in FACE_RULES:
+        raise ValueError(f"face selection rule {rule!r}: allowed are {', '.join(FACE_RULES)}")
+    if not faces:
+        return None
+    if rule == "largest":
+        return max(faces, key=lambda face: face.width)
+    centre = np.array([image_shape[1], image_shape[0]], np.float64) / 2
+    return min(faces, key=lambda face: float(np.linalg.norm((face.box[:2] + face.box[2:4]) / 2 - centre)))
 
 
 @dataclass(frozen=True)

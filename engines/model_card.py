@@ -42,6 +42,8 @@ class ModelCard:
     outputs: dict[str, str]
     metric: str | None
     normalize: bool
+    # Embed each chip and its horizontal mirror and average the two (embedding.flip_average, default false).
+    flip_average: bool
     threshold: float | None
     threshold_source: str | None
     embedding_dim: int | None
@@ -186,6 +188,7 @@ class _Reader:
             outputs={str(k): str(v) for k, v in outputs.items()},
             metric=self._metric() if embedder else None,
             normalize=bool(self.get("embedding.normalize", bool)) if embedder else False,
+            flip_average=bool(self.get("embedding.flip_average", bool, required=False)) if embedder else False,
             threshold=float(self.get("embedding.threshold", (int, float))) if embedder else None,
             threshold_source=self.get("embedding.threshold_source", str) if embedder else None,
             embedding_dim=self.get("embedding.dim", int) if embedder else None,

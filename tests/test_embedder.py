@@ -1,5 +1,8 @@
-"""Embedder: shapes, batching, card-driven preprocessing and checks, distances, and the real dlib model."""
+"""Embedder: shapes, batching, card-driven preprocessing and checks, distances, mirrored-chip averaging,
+and the real dlib and SFace models."""
 from __future__ import annotations
+
+import dataclasses
 
 import cv2
 import numpy as np
@@ -7,7 +10,7 @@ import pytest
 import yaml
 
 from engines.align import align
-from engines.embedder import Embedder, distance
+from engines.embedder import Embedder, distance, mirrored
 from engines.errors import ModelError
 from engines.face import Face
 from engines.model_card import find_card, load_card
@@ -316,3 +319,119 @@ def test_the_pipeline_embeds_each_detected_face(dlib_embedder, skimage_data):
     # A gray frame (an IR camera's) is accepted and embeds close to the colour one.
     (_, gray_embedding), = pipeline.process(cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY))
     assert dlib_embedder.distance(embedding, gray_embedding) < SAME_PERSON
+
+
+# --- mirrored-chip averaging (embedding.flip_average) -------------------------------------------
+
+class ChunkRecordingRunner(OnnxRunner):
+    """Records each runner call's batch and the part each session ran."""
+
+    def __init__(self, path, sessions: int = 1) -> None:
+        super().__init__(path, sessions=sessions)
+        self.batches: list[int] = []
+        self.chunks: list[int] = []
+
+    def run(self, inputs):
+        self.batches.append(len(next(iter(inputs.values()))))
+        return super().run(inputs)
+
+    def _run(self, session, inputs):
+        self.chunks.append(len(next(iter(inputs.values()))))
+        return super()._run(session, inputs)
+
+
+def flipping(card):
+    return dataclasses.replace(card, flip_average=True)
+
+
+@pytest.fixture(scope="module", params=["dlib_resnet_v1.yaml", "sface_2021dec.yaml"], ids=["dlib", "sface"])
+def real_card(request):
+    card = load_card(MODELS / request.param)
+    if not card.model_path.exists():
+        pytest.skip(f"{card.file} not converted yet (tools/export_models.py)")
+    return card
+
+
+def astronaut_chips(skimage_data, card, count: int) -> np.ndarray:
+    """count real chips: the astronaut's face aligned with the landmarks shifted 0, 1, 2, ... px."""
+    astronaut = skimage_data.astronaut()
+    return np.stack([align(astronaut, ASTRONAUT + (shift, -shift), card.alignment)[0] for shift in range(count)])
+
+
+def test_the_mirror_of_a_mirror_is_the_original_chip(skimage_data):
+    chips = astronaut_chips(skimage_data, load_card(MODELS / "sface_2021dec.yaml"), 2)
+    once = mirrored(chips)
+    assert not np.array_equal(once, chips)
+    np.testing.assert_array_equal(once[:, :, 0], chips[:, :, -1])  # left column is the old right one
+    np.testing.assert_array_equal(mirrored(once), chips)
+
+
+def test_flip_average_is_the_mean_of_the_chip_and_mirror_embeddings(real_card, skimage_data):
+    chips = astronaut_chips(skimage_data, real_card, 3)
+    with Embedder(real_card) as plain, Embedder(flipping(real_card)) as flipped:
+        own, mirror = plain.embed(chips), plain.embed(mirrored(chips))
+        averaged = flipped.embed(chips)
+    if real_card.normalize:  # cosine: the mean direction of the two unit vectors, made unit again
+        expected = own + mirror
+        expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+        np.testing.assert_allclose(np.linalg.norm(averaged, axis=1), 1, atol=1e-6)
+    else:  # raw vectors: their mean
+        expected = (own + mirror) / 2
+    np.testing.assert_allclose(averaged, expected, atol=1e-6)
+    assert averaged.shape == (3, real_card.embedding_dim) and averaged.dtype == np.float32
+    # The mirror is not the chip: averaging moves the embedding, a little.
+    assert 1e-3 < np.abs(averaged - own).max()
+
+
+def test_flip_average_gives_the_same_embeddings_however_the_batch_is_split(real_card, skimage_data):
+    chips = astronaut_chips(skimage_data, real_card, 4)
+    card = flipping(real_card)
+    with Embedder(card, sessions=1) as one_session:
+        whole = one_session.embed(chips)
+        single = np.concatenate([one_session.embed(chips[i:i + 1]) for i in range(len(chips))])
+    two = ChunkRecordingRunner(card.model_path, sessions=2)
+    with Embedder(card, two) as two_sessions:
+        shared = two_sessions.embed(chips)
+    small = ChunkRecordingRunner(card.model_path)
+    with Embedder(card, small, max_batch=3) as small_batches:  # 2N = 8 images; pairs cut across calls
+        split = small_batches.embed(chips)
+    assert two.batches == [8] and two.chunks == [4, 4]
+    assert small.batches == [3, 3, 2]
+    for other in (single, shared, split):
+        np.testing.assert_allclose(other, whole, atol=1e-6)
+
+
+def test_one_face_and_its_mirror_run_side_by_side_on_two_sessions(real_card, skimage_data):
+    runner = ChunkRecordingRunner(real_card.model_path, sessions=2)
+    with Embedder(flipping(real_card), runner) as embedder:
+        embedder.embed(astronaut_chips(skimage_data, real_card, 1))
+    assert runner.batches == [2] and runner.chunks == [1, 1]  # one call: about one model call of wall time
+
+
+def test_mirrors_count_toward_a_fixed_batch(tmp_path):
+    channel_means_model(tmp_path / "tiny.onnx", batch=4)
+    runner = CountingRunner(tmp_path / "tiny.onnx")
+    with Embedder(flipping(write_card(tmp_path)), runner) as embedder:
+        out = embedder.embed(flat_chips(COLOURS[:3]))
+        assert embedder.embed([]).shape == (0, 3)
+    assert runner.batches == [4, 4] and out.shape == (3, 3)  # 6 images: 4, then 2 padded to 4
+    np.testing.assert_allclose(out, (np.array(COLOURS[:3], np.float32) - [10, 20, 30]) * 0.5, atol=1e-4)
+
+
+# --- the real SFace model -----------------------------------------------------------------------
+
+def test_sface_tells_the_astronaut_from_the_cameraman(skimage_data):
+    """Cosine distances on the card's chips: the same references as dlib's (measured 0.111, 0.286, 0.801)."""
+    card = load_card(MODELS / "sface_2021dec.yaml")
+    astronaut = skimage_data.astronaut()
+    cameraman = np.ascontiguousarray(np.repeat(skimage_data.camera()[..., None], 3, axis=2))
+    with Embedder(card) as embedder:
+        reference = embed_face(embedder, astronaut, ASTRONAUT)
+        assert np.linalg.norm(reference) == pytest.approx(1, abs=1e-6)
+        variant = embedder.distance(reference, embed_face(embedder, *mirrored_brighter_rotated(astronaut, ASTRONAUT)))
+        jpeg = embedder.distance(reference, embed_face(embedder, *small_jpeg(astronaut, ASTRONAUT)))
+        other = embedder.distance(reference, embed_face(embedder, cameraman, CAMERAMAN))
+    assert variant == pytest.approx(0.11, abs=0.05)
+    assert jpeg == pytest.approx(0.29, abs=0.05)
+    assert other == pytest.approx(0.80, abs=0.05)
+    assert max(variant, jpeg) < card.threshold - 0.3 and other > card.threshold + 0.1

@@ -1,26 +1,109 @@
-"""Rerunning the converter reproduces the committed models byte for byte."""
+"""Rerunning the converter reproduces the committed models byte for byte; the exported SFace equals the published one."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from engines import manifest
-from tests.conftest import MODELS, REPO
+from engines.align import align
+from engines.images import load_image
+from engines.model_card import load_card
+from tests.conftest import MODELS, REPO, SHARED
 
 CONVERTER_MODULES = ("torch", "onnx", "dlib", "facenet_pytorch", "face_recognition_models", "skimage")
 missing = [m for m in CONVERTER_MODULES if importlib.util.find_spec(m) is None]
+SFACE_UPSTREAM = SHARED / "models" / "sface" / "face_recognition_sface_2021dec.onnx"
+SFACE = "sface_2021dec.onnx"
+needs_sface = pytest.mark.skipif(not SFACE_UPSTREAM.exists(),
+                                 reason=f"{SFACE_UPSTREAM} is absent: the published SFace file is only on "
+                                        "development machines")
+
+
+def export(out, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tools" / "export_models.py"), "--out", str(out), *options],
+                          capture_output=True, text=True)
+
+
+def printed_rows(stdout: str) -> dict[str, tuple[int, float, str]]:
+    """The converter's closing table: file -> (bytes, max abs error, sha256)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("model "))
+    return {name: (int(size), float(error), digest) for name, size, error, digest in map(str.split, lines[start + 1:])}
 
 
 @pytest.mark.skipif(bool(missing), reason=f"the export extra is not installed (missing {', '.join(missing)}): "
                     "pip install -e '.[export]' && pip install --no-deps facenet-pytorch==2.6.0")
 def test_conversion_reproduces_the_committed_hashes(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "export_models.py"), "--out", str(tmp_path)],
-                            capture_output=True, text=True)
+    groups = ["mtcnn", "dlib"] + (["sface"] if SFACE_UPSTREAM.exists() else [])
+    result = export(tmp_path, *(option for group in groups for option in ("--only", group)))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert manifest.read_manifest(tmp_path) == manifest.read_manifest(MODELS)
-    for line in result.stdout.splitlines()[-4:]:
-        error = float(line.split()[2])
-        assert error < 1e-4, line
+    rows = printed_rows(result.stdout)
+    committed = manifest.read_manifest(MODELS)
+    assert manifest.read_manifest(tmp_path) == {name: committed[name] for name in rows}
+    assert {name: digest for name, (_, _, digest) in rows.items()} == {name: committed[name] for name in rows}
+    for name, (_, error, _) in rows.items():
+        assert error < 1e-4, name
+
+
+# --- SFace: needs only onnx, onnxruntime and scikit-image's photos ----------------------------------
+
+@pytest.fixture(scope="module")
+def converters():
+    pytest.importorskip("onnx", reason="onnx (dev extra) reads the graphs")
+    pytest.importorskip("skimage.data", reason="scikit-image (dev extra) provides the test photos")
+    from tools import export_models  # puts tools/ on sys.path for its converters package
+
+    return export_models, importlib.import_module("converters.sface")
+
+
+@needs_sface
+def test_sface_export_is_reproducible_and_listed_in_the_manifest(tmp_path):
+    result = export(tmp_path, "--only", "sface")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = printed_rows(result.stdout)
+    assert list(rows) == [SFACE] and rows[SFACE][1] < 1e-5
+    assert manifest.read_manifest(tmp_path) == {SFACE: manifest.read_manifest(MODELS)[SFACE]}
+    assert "faster" in result.stdout  # the published and exported graphs' timing, printed, never asserted
+
+
+@needs_sface
+def test_sface_refuses_a_source_other_than_the_published_file(tmp_path):
+    changed = tmp_path / "sface.onnx"
+    changed.write_bytes(SFACE_UPSTREAM.read_bytes()[:-1] + b"\0")
+    result = export(tmp_path / "out", "--only", "sface", "--sface", str(changed))
+    assert result.returncode == 1
+    assert "is not the published SFace file's 0ba9fbfa" in result.stderr
+
+
+@needs_sface
+def test_the_exported_sface_equals_the_published_graph(converters, shared_data):
+    """Batch 1 of the published graph against batch N of the committed one, on real aligned faces."""
+    export_models, sface = converters
+    from engines.mtcnn import MtcnnDetector
+
+    chips = export_models.aligned_reference_chips()
+    alignment = load_card(MODELS / "sface_2021dec.yaml").alignment
+    rows = (shared_data / "dev_identities.tsv").read_text().splitlines()[1:]
+    with MtcnnDetector(MODELS) as detector:
+        for row in rows[::40]:
+            rgb = load_image(shared_data / "sets" / row.split("\t")[0])
+            face = max(detector.detect(rgb), key=lambda f: f.width)
+            chips.append(align(rgb, face.landmarks, alignment)[0])
+    ours, theirs = sface.published_and_exported((MODELS / SFACE).read_bytes(), SFACE_UPSTREAM, chips)
+    assert ours.shape == theirs.shape == (len(chips), 128) and len(chips) >= 12
+    assert np.abs(ours - theirs).max() < 1e-5
+    assert np.abs(theirs).max() > 1  # raw vectors, so the bound is a real one
+
+
+def test_the_exported_sface_has_a_dynamic_batch_and_no_initializer_inputs():
+    onnx = pytest.importorskip("onnx", reason="onnx (dev extra) reads the graph")
+    graph = onnx.load(str(MODELS / SFACE)).graph
+    assert [value.name for value in graph.input] == ["data"]
+    for value in [*graph.input, *graph.output]:
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch", value.name
+    assert not [node.name for node in graph.node if node.op_type == "Reshape"]  # Flatten keeps the batch

@@ -20,7 +20,8 @@ CARDS = load_cards(MODELS)
 def test_every_manifest_entry_matches_its_file():
     names = manifest.verify(MODELS)
     assert set(names) == {card.file for card in CARDS}
-    assert {"mtcnn_pnet.onnx", "mtcnn_rnet.onnx", "mtcnn_onet.onnx", "dlib_resnet_v1.onnx"} <= set(names)
+    assert {"mtcnn_pnet.onnx", "mtcnn_rnet.onnx", "mtcnn_onet.onnx", "dlib_resnet_v1.onnx",
+            "sface_2021dec.onnx"} <= set(names)
 
 
 def test_a_modified_model_is_caught(tmp_path):
@@ -40,7 +41,7 @@ def test_an_unlisted_model_is_caught(tmp_path):
         manifest.verify(copy)
 
 
-@pytest.mark.parametrize("card", CARDS, ids=[c.role for c in CARDS])
+@pytest.mark.parametrize("card", CARDS, ids=[c.id for c in CARDS])
 def test_each_model_loads_and_matches_its_card(card):
     session = ort.InferenceSession(str(card.model_path), providers=["CPUExecutionProvider"])
     [model_input] = session.get_inputs()
@@ -58,14 +59,17 @@ def test_each_model_loads_and_matches_its_card(card):
         assert np.isfinite(value).all()
     if card.role == "embedder":
         assert outputs[card.outputs["embedding"]].shape == (2, card.embedding_dim)
+        assert card.input_size == card.alignment.chip_size
     else:
         assert np.allclose(outputs[card.outputs["prob"]].sum(axis=1), 1.0, atol=1e-5)
 
 
 def test_cards_say_where_the_threshold_and_weights_come_from():
-    [embedder] = [c for c in CARDS if c.role == "embedder"]
-    assert embedder.threshold > 0 and embedder.threshold_source
-    assert embedder.alignment.template.shape == (5, 2)
+    embedders = [c for c in CARDS if c.role == "embedder"]
+    assert {c.id for c in embedders} >= {"dlib-resnet-v1", "sface-2021dec"}
+    for embedder in embedders:
+        assert embedder.threshold > 0 and "tools/evaluate.py" in embedder.threshold_source
+        assert embedder.alignment.template.shape == (5, 2)
     for card in CARDS:
         assert card.source["package"] and card.source["version"] and card.licence
 
@@ -78,6 +82,7 @@ def test_cards_say_where_the_threshold_and_weights_come_from():
     (lambda c: c["input"].update(scale=0), "input.scale = 0"),
     (lambda c: c.update(colour="blue"), "colour = 'blue'"),
     (lambda c: c.pop("licence"), "licence = None"),
+    (lambda c: c["embedding"].update(flip_average="yes"), "embedding.flip_average = 'yes'"),
 ])
 def test_a_bad_card_names_the_key_and_value(tmp_path, change, message):
     raw = yaml.safe_load((MODELS / "dlib_resnet_v1.yaml").read_text())
@@ -89,11 +94,31 @@ def test_a_bad_card_names_the_key_and_value(tmp_path, change, message):
     assert message in str(error.value)
 
 
+def test_the_sface_card_describes_the_published_model():
+    card = load_card(MODELS / "sface_2021dec.yaml")
+    assert (card.role, card.metric, card.normalize, card.embedding_dim) == ("embedder", "cosine", True, 128)
+    assert (card.channel_order, float(card.scale)) == ("RGB", 1.0) and not card.mean.any()  # the graph normalises
+    assert card.alignment.chip_size == (112, 112)
+    assert card.source["sha256"] == "0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79"
+    assert card.licence == "Apache-2.0"
+    assert find_card(MODELS, "embedder").id == "dlib-resnet-v1"  # installed beside the default, not instead of it
+
+
+def test_flip_average_is_off_unless_a_card_says_so(tmp_path):
+    raw = yaml.safe_load((MODELS / "dlib_resnet_v1.yaml").read_text())
+    raw["embedding"].pop("flip_average", None)
+    (tmp_path / "absent.yaml").write_text(yaml.safe_dump(raw))
+    raw["embedding"]["flip_average"] = True
+    (tmp_path / "on.yaml").write_text(yaml.safe_dump(raw))
+    assert not load_card(tmp_path / "absent.yaml").flip_average
+    assert load_card(tmp_path / "on.yaml").flip_average
+
+
 def test_export_check_passes_on_the_committed_models():
     result = subprocess.run([sys.executable, str(REPO / "tools" / "export_models.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "4 model files match MANIFEST" in result.stdout
+    assert "5 model files match MANIFEST" in result.stdout
 
 
 def test_export_check_fails_on_a_tampered_copy(tmp_path):
@@ -117,7 +142,8 @@ def test_with_several_embedders_the_defaults_file_chooses(tmp_path):
     copy = tmp_path / "models"
     shutil.copytree(MODELS, copy)
     second_embedder(copy)
-    assert sorted(card.id for card in cards_of(copy, "embedder")) == ["dlib-resnet-v1", "dlib-resnet-v1-copy"]
+    assert sorted(card.id for card in cards_of(copy, "embedder")) == ["dlib-resnet-v1", "dlib-resnet-v1-copy",
+                                                                      "sface-2021dec"]
     (copy / DEFAULTS_FILE).write_text("# the measured default\nembedder  dlib-resnet-v1-copy\n")
     assert find_card(copy, "embedder").id == "dlib-resnet-v1-copy"
     assert find_card(copy, "pnet").role == "pnet"

@@ -11,12 +11,14 @@ SOURCE is one of:
 Reports detection failures, ROC AUC, equal error rate, TAR at FAR 1e-2 and
 1e-3, verification accuracy (10-fold when the pairs have folds), 1:N rank-1
 identification and open-set rejection of never-enrolled people, recommends a
-threshold for --target-far and writes the ROC curve as a PNG.
+threshold for --target-far and writes the ROC curve as a PNG. In a photo with
+several faces, --face picks the one measured (the report says which rule ran).
 
 examples:
   python tools/evaluate.py ../shared/data/dev_identities.tsv --roc roc.png
   python tools/evaluate.py photos/ --target-far 1e-4 --json
   python tools/evaluate.py lfw/pairs.txt --root lfw/images
+  python tools/evaluate.py lfw/pairs.txt --root lfw/images --face largest
 """
 from __future__ import annotations
 
@@ -34,9 +36,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines import evaluation as ev  # noqa: E402
+from engines.embedder import Embedder  # noqa: E402
 from engines.errors import ImageError  # noqa: E402
 from engines.images import load_image  # noqa: E402
-from engines.mtcnn import DetectorConfig  # noqa: E402
+from engines.manifest import MODELS_DIR  # noqa: E402
+from engines.model_card import load_card  # noqa: E402
+from engines.mtcnn import DetectorConfig, MtcnnDetector  # noqa: E402
 from engines.pipeline import FacePipeline  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -115,21 +120,29 @@ def _lfw_pairs(lines: list[str], root: Path) -> Dataset:
     return Dataset(list(paths), pairs=pairs, folds=folds if folds_count > 1 else None)
 
 
-def embed_all(pipeline: FacePipeline, paths: list[Path]) -> tuple[np.ndarray, list[str]]:
-    """One embedding per photo (its largest face), NaN rows where no face was found."""
+def default_face_rule(dataset: Dataset) -> str:
+    """Pairs protocols (LFW's among them) centre each photo on the person the pair is about; identity
+    sets promise no such thing, and there the largest face is the one enrolment's --largest takes."""
+    return "largest" if dataset.identities is not None else "central"
+
+
+def embed_all(pipeline: FacePipeline, paths: list[Path], face_rule: str) -> tuple[np.ndarray, list[str]]:
+    """One embedding per photo (the face ev.select_face picks by face_rule), NaN rows where no face was found."""
     embeddings = np.full((len(paths), pipeline.embedder.card.embedding_dim), np.nan, np.float32)
     failures = []
     for i, path in enumerate(paths):
         print(f"\rembedding {i + 1}/{len(paths)}", end="", file=sys.stderr, flush=True)
         try:
-            faces = pipeline.process(load_image(path))
+            rgb = load_image(path)
+            faces = pipeline.process(rgb)
         except ImageError as error:
             failures.append(f"{path}: {error}")
             continue
-        if not faces:
+        chosen = ev.select_face([face for face, _ in faces], rgb.shape, face_rule)
+        if chosen is None:
             failures.append(f"{path}: no face found")
             continue
-        embeddings[i] = max(faces, key=lambda item: item[0].width)[1]
+        embeddings[i] = next(embedding for face, embedding in faces if face is chosen)
     print(file=sys.stderr)
     return embeddings, failures
 
@@ -209,7 +222,7 @@ def write_roc_png(curve: ev.Roc, path: Path, title: str) -> None:
 
 
 def print_report(report: dict, failures: list[str], total: int) -> None:
-    print(f"photos: {total}, detection failures: {len(failures)}")
+    print(f"photos: {total}, detection failures: {len(failures)}, face selection: {report['face_selection']}")
     for failure in failures:
         print(f"  {failure}")
     rows = [("genuine / impostor pairs", f"{report['genuine_pairs']} / {report['impostor_pairs']}"),
@@ -239,14 +252,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-far", type=float, default=1e-3, help="false accept rate for the recommended threshold")
     parser.add_argument("--roc", type=Path, default=Path("roc.png"), help="where to write the ROC curve PNG")
     parser.add_argument("--min-face", type=int, default=20, help="smallest face to detect, pixels")
+    parser.add_argument("--card", type=Path, help="the embedder's model card (default: the one engines/models/DEFAULTS names)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--face", choices=ev.FACE_RULES,
+                        help="which face of a photo with several to measure: the one nearest the photo's centre "
+                             "or the largest (default: central for pairs files, largest for identity sets)")
     args = parser.parse_args(argv)
     if not args.source.exists():
         print(f"error: {args.source} does not exist", file=sys.stderr)
         return 2
     dataset = load_dataset(args.source, args.root)
-    pipeline = FacePipeline.from_models(detector_config=DetectorConfig(min_face_size=args.min_face))
-    embeddings, failures = embed_all(pipeline, dataset.paths)
+    if args.card is None:
+        pipeline = FacePipeline.from_models(detector_config=DetectorConfig(min_face_size=args.min_face))
+    else:
+        pipeline = FacePipeline(MtcnnDetector(MODELS_DIR, DetectorConfig(min_face_size=args.min_face)),
+                                Embedder(load_card(args.card)))
+    face_rule = args.face or default_face_rule(dataset)
+    embeddings, failures = embed_all(pipeline, dataset.paths, face_rule)
     try:
         report, curve = evaluate(dataset, embeddings, pipeline.embedder.card.metric, args.target_far)
     except ValueError as error:
@@ -254,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     write_roc_png(curve, args.roc, f"{args.source.name}: AUC {report['roc_auc']:.4f}, EER {report['eer']:.3f}")
     report.update({"photos": len(dataset.paths), "detection_failures": failures, "roc_png": str(args.roc),
-                   "metric": pipeline.embedder.card.metric, "model": pipeline.embedder.card.id})
+                   "metric": pipeline.embedder.card.metric, "model": pipeline.embedder.card.id,
+                   "face_selection": face_rule})
     if args.json:
         print(json.dumps(report, indent=2))
     else:
