@@ -9,6 +9,16 @@ quality gate and the guards first, and each person is then written in one
 gallery transaction, so a refusal or a crash leaves each person fully enrolled
 or absent.
 
+Templates per model: an Enroller holds one embedder per embedder card installed
+(every card of role embedder in the models folder), the configured one first. Each
+accepted face is aligned with every card's own template and embedded by every
+card, so a person gets one template per model and switching the daemon's
+embedder.card needs no re-enrolment. The quality gate runs once, on the
+configured card's chip; the kept photo goes with the configured card's template
+only (one copy per shot); the duplicate and same-person guards compare the
+configured card's templates. People enrolled before a card was installed lack
+its templates: reembed_person embeds their kept photos again.
+
     with Enroller.from_models(models_dir) as enroller:
         shots, refusals = judge_files(enroller, photos)
         person_id = enrol(gallery, enroller.card, "Alice", shots)
@@ -30,15 +40,16 @@ from typing import IO, Any
 import cv2
 import numpy as np
 
-from daemon.gallery import SCHEMA_VERSION, AmbiguousName, Gallery, Person, PersonNotFound, Template
+from daemon.gallery import SCHEMA_VERSION, AmbiguousName, Gallery, Person, PersonNotFound, StoredTemplate, Template
 from daemon.sources import Frame, FrameSource
 from engines.align import align
 from engines.atomic_file import atomic_file
-from engines.embedder import distance
+from engines.embedder import Embedder, distance
 from engines.errors import ImageError
 from engines.face import Face
 from engines.images import load_image
-from engines.model_card import ModelCard
+from engines.manifest import MODELS_DIR
+from engines.model_card import ModelCard, cards_of, find_card
 from engines.pipeline import FacePipeline
 from engines.quality import Quality, QualityLimits, measure, problems
 
@@ -84,11 +95,21 @@ PHOTO_JPEG_QUALITY = 90
 
 @dataclass(frozen=True, eq=False)
 class Shot:
-    """An accepted face: the template to store, and its rank among other shots (higher is better)."""
+    """An accepted face: its templates to store, and its rank among other shots (higher is better).
+
+    template is the configured model's (its chip was judged, the kept photo goes with it);
+    others hold the same face embedded by each other installed embedder card.
+    """
 
     label: str
     template: Template
     rank: float
+    others: tuple[Template, ...] = ()
+
+    @property
+    def templates(self) -> list[Template]:
+        """One template per installed model, the configured one first."""
+        return [self.template, *self.others]
 
 
 @dataclass(frozen=True)
@@ -100,21 +121,69 @@ class Refusal:
     hint: str
 
 
-class Enroller:
-    """The quality gate and the embedder: judges one image at a time. Owns its pipeline and closes it."""
+def embedder_cards(models_dir: str | Path | None = None, card: ModelCard | None = None) -> list[ModelCard]:
+    """Every embedder card installed in models_dir, the configured one first.
 
-    def __init__(self, pipeline: FacePipeline, limits: QualityLimits = QualityLimits()) -> None:
+    card is the configured one (the daemon's embedder.card; it may live outside the folder);
+    None takes the folder's default (find_card: its DEFAULTS file where it holds several).
+    Templates are told apart by card id alone, so two cards of one id are refused.
+    """
+    models_dir = Path(models_dir or MODELS_DIR)
+    installed = cards_of(models_dir, "embedder")
+    twice = sorted(model for model, count in Counter(c.id for c in installed).items() if count > 1)
+    if twice:
+        raise EnrolmentError(f"{models_dir}: several embedder cards have the id {twice[0]!r}; templates are stored "
+                             "by card id, so each embedder card needs its own id")
+    configured = card or find_card(models_dir, "embedder")
+    return [configured] + [c for c in installed if c.id != configured.id]
+
+
+class Enroller:
+    """The quality gate and the embedders: judges one image at a time. Owns its pipeline and embedders.
+
+    pipeline.embedder is the configured model's (quality is judged on its chip, the guards
+    use its templates); others embed the same face with every other installed model.
+    """
+
+    def __init__(self, pipeline: FacePipeline, limits: QualityLimits = QualityLimits(),
+                 others: Sequence[Embedder] = ()) -> None:
+        ids = [pipeline.embedder.card.id] + [embedder.card.id for embedder in others]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"one embedder per model card id, got {ids}")
         self.pipeline = pipeline
         self.limits = limits
+        self.others = list(others)
 
     @classmethod
     def from_models(cls, models_dir: str | Path | None = None, limits: QualityLimits = QualityLimits(),
-                    threads: int = 1) -> Enroller:
-        return cls(FacePipeline.from_models(models_dir, threads=threads), limits)
+                    threads: int = 1, card: ModelCard | None = None) -> Enroller:
+        """MTCNN and an embedder for every embedder card in models_dir; card (default: the folder's
+        default card) is the configured one."""
+        from engines.mtcnn import DetectorConfig, MtcnnDetector
+
+        models_dir = Path(models_dir or MODELS_DIR)
+        cards = embedder_cards(models_dir, card)
+        embedders: list[Embedder] = []
+        detector = MtcnnDetector(models_dir, DetectorConfig(), threads=threads)
+        try:
+            for each in cards:
+                embedders.append(Embedder(each, threads=threads))
+        except BaseException:
+            detector.close()
+            for embedder in embedders:
+                embedder.close()
+            raise
+        return cls(FacePipeline(detector, embedders[0]), limits, embedders[1:])
 
     @property
     def card(self) -> ModelCard:
+        """The configured model's card."""
         return self.pipeline.embedder.card
+
+    @property
+    def cards(self) -> list[ModelCard]:
+        """The card of every model this enroller embeds with, the configured one first."""
+        return [self.card] + [embedder.card for embedder in self.others]
 
     def judge(self, rgb: np.ndarray, label: str, *, source: str = "photo", largest: bool = False,
               keep_photo: bool = False) -> Shot | Refusal:
@@ -135,7 +204,9 @@ class Enroller:
         figures = {**quality.as_dict(), "rank": round(rank, 4), "faces": len(faces), "label": label}
         photo = face_photo(rgb, face) if keep_photo else None
         embedding = self.pipeline.embedder.embed([chip])[0]
-        return Shot(label, Template(embedding, self.card.id, figures, source, photo), rank)
+        others = tuple(Template(embedder.embed([align(rgb, face.landmarks, embedder.card.alignment)[0]])[0],
+                                embedder.card.id, figures, source) for embedder in self.others)
+        return Shot(label, Template(embedding, self.card.id, figures, source, photo), rank, others)
 
     def judge_file(self, path: Path, *, largest: bool = False, keep_photo: bool = False) -> Shot | Refusal:
         try:
@@ -146,6 +217,8 @@ class Enroller:
 
     def close(self) -> None:
         self.pipeline.close()
+        for embedder in self.others:
+            embedder.close()
 
     def __enter__(self) -> Enroller:
         return self
@@ -279,7 +352,8 @@ def refuse_strangers(gallery: Gallery, card: ModelCard, person: Person, shots: S
     own = np.array([t.embedding for t in gallery.templates(person.id) if t.model_id == card.id])
     if not len(own):
         return
-    gaps = [(shot.label, float(np.min(distance(shot.template.embedding, own, card.metric)))) for shot in shots]
+    gaps = [(shot.label, float(np.min(distance(embedding, own, card.metric))))
+            for shot in shots for embedding in _embeddings_of(card, [shot])]
     unlike = [f"{label} (distance {gap:.3f})" for label, gap in gaps if gap >= card.threshold]
     if unlike:
         raise NotTheSamePerson(f"these photos do not look like {person.name!r} (match threshold "
@@ -305,8 +379,8 @@ def enrol(gallery: Gallery, card: ModelCard, name: str, shots: Sequence[Shot],
         raise EnrolmentError(f"no accepted photo of {name!r}: nothing to enrol")
     if not force:
         refuse_taken_name(gallery, name)
-        refuse_duplicate(gallery, card, name, [shot.template.embedding for shot in shots])
-    return gallery.add_person(name, [shot.template for shot in shots], **asdict(details))
+        refuse_duplicate(gallery, card, name, _embeddings_of(card, shots))
+    return gallery.add_person(name, [t for shot in shots for t in shot.templates], **asdict(details))
 
 
 def add_shots(gallery: Gallery, card: ModelCard, person: Person, shots: Sequence[Shot], *,
@@ -314,7 +388,37 @@ def add_shots(gallery: Gallery, card: ModelCard, person: Person, shots: Sequence
     """More templates for an enrolled person, in one transaction; faces unlike theirs are refused unless force."""
     if not force:
         refuse_strangers(gallery, card, person, shots)
-    return gallery.add_templates(person.id, [shot.template for shot in shots])
+    return gallery.add_templates(person.id, [t for shot in shots for t in shot.templates])
+
+
+def _embeddings_of(card: ModelCard, shots: Sequence[Shot]) -> list[np.ndarray]:
+    """The shots' embeddings by one model: the guards compare like with like."""
+    return [t.embedding for shot in shots for t in shot.templates if t.model_id == card.id]
+
+
+@dataclass(frozen=True)
+class Reembedded:
+    """What reembed_person did for one person."""
+
+    person: Person
+    added: int  # templates written
+    missing: list[str]  # models the person still has no template of
+    refused: list[Refusal]  # kept photos that failed the gate
+    photos: int  # kept photos the person has
+
+
+def reembed_person(gallery: Gallery, enroller: Enroller, person: Person) -> Reembedded:
+    """Give an enrolled person the templates they lack of each of enroller's models, embedded from their
+    kept photos (--keep-photo), in one transaction; a person without a kept photo gets none."""
+    stored = gallery.templates(person.id)
+    held = {t.model_id for t in stored}
+    missing = [card.id for card in enroller.cards if card.id not in held]
+    added, refused = embed_again(enroller, person.name, stored, missing)
+    if added:
+        gallery.add_templates(person.id, added)
+    made = {t.model_id for t in added}
+    return Reembedded(person, len(added), [model for model in missing if model not in made], refused,
+                      len({t.photo_jpeg for t in stored if t.photo_jpeg}))
 
 
 # --- live capture -------------------------------------------------------------------------------------
@@ -379,7 +483,7 @@ class PersonOutcome:
     name: str
     photos: int
     person_id: int | None = None  # None: not enrolled
-    enrolled: int = 0  # templates written
+    enrolled: int = 0  # accepted photos written (each as a template of every installed model)
     refused: list[Refusal] = field(default_factory=list)
     problem: str | None = None  # why the person was not enrolled
     already: bool = False  # someone of this name was enrolled before: left alone
@@ -711,65 +815,103 @@ class _Step:
 
 
 def import_bundle(gallery: Gallery, card: ModelCard, bundle: Bundle, *, collisions: str = "refuse",
-                  force: bool = False, reembed: Enroller | None = None) -> ImportReport:
-    """Bring a read bundle's people into the gallery.
+                  force: bool = False, reembed: Enroller | None = None,
+                  installed: Sequence[ModelCard] = ()) -> ImportReport:
+    """Bring a read bundle's people into the gallery, with their templates of every model.
 
     A bundle person is the same as an enrolled one when their external ids are equal or, for a bundle
     person without an external id, when their names are. collisions says what then happens: refuse
     (the whole import), merge (add the bundle's templates to the enrolled person, skipping identical
-    ones, keeping their details) or replace (erase the enrolled person, enrol the bundle's). Templates
-    of another embedding model are refused unless reembed, an Enroller of this device's model, re-embeds
-    their kept photos. Everything is checked before the first write.
+    ones, keeping their details) or replace (erase the enrolled person, enrol the bundle's).
+
+    card is this device's configured model; installed (or reembed's cards) the other embedder cards
+    here, whose templates must have their card's dimension. Templates of models not installed here
+    are kept as they are, for when that model is installed. A person without a template of card is
+    refused unless reembed, an Enroller of this device's models, embeds their kept photos again: it
+    gives every person the templates they lack of each installed model. Everything is checked before
+    the first write.
     """
     if collisions not in COLLISION_POLICIES:
         raise ValueError(f"collisions = {collisions!r}: expected one of {COLLISION_POLICIES}")
-    people = _reembedded(bundle, card, reembed) if reembed is not None else bundle.people
-    _refuse_unusable_templates(bundle, people, card)
+    cards = [card] + [c for c in (reembed.cards if reembed is not None else installed) if c.id != card.id]
+    people = _reembedded(bundle, reembed) if reembed is not None else bundle.people
+    _refuse_unusable_templates(bundle, people, cards, gallery)
     steps = _plan(gallery, people, collisions, bundle.path)
     if not force:
         for step in steps:
             if step.action != "merge":
                 exclude = [step.existing.id] if step.existing else []
-                refuse_duplicate(gallery, card, step.person.name, [t.embedding for t in step.person.templates], exclude)
+                embeddings = [t.embedding for t in step.person.templates if t.model_id == card.id]
+                refuse_duplicate(gallery, card, step.person.name, embeddings, exclude)
     return _apply(gallery, steps)
 
 
-def _reembedded(bundle: Bundle, card: ModelCard, enroller: Enroller) -> list[BundlePerson]:
-    """The people with every template of another model embedded again from its kept photo."""
+def embed_again(enroller: Enroller, name: str, templates: Sequence[Template | StoredTemplate],
+                models: Iterable[str]) -> tuple[list[Template], list[Refusal]]:
+    """Templates of the given models (card ids of enroller's) from the kept photos among templates.
+
+    Each photo is judged as at enrolment (the largest face) and embedded once; the new templates
+    keep the source and label of the template holding the photo, and no copy of the photo.
+    """
+    models = set(models)
+    added: list[Template] = []
+    refusals: list[Refusal] = []
+    seen: set[bytes] = set()
+    for number, template in enumerate(templates):
+        if not models or template.photo_jpeg is None or template.photo_jpeg in seen:
+            continue
+        seen.add(template.photo_jpeg)
+        label = f"{name!r} template {getattr(template, 'id', number)}"
+        verdict = enroller.judge(decode_photo(template.photo_jpeg, label), label, largest=True)
+        if isinstance(verdict, Refusal):
+            refusals.append(verdict)
+            continue
+        figures = {**verdict.template.quality, "label": template.quality.get("label", label)}
+        added += [replace(t, quality=figures, source=template.source) for t in verdict.templates
+                  if t.model_id in models]
+    return added, refusals
+
+
+def _reembedded(bundle: Bundle, enroller: Enroller) -> list[BundlePerson]:
+    """The people with the templates they lack of each of enroller's models, from their kept photos."""
     people = []
     refusals = []
     for person in bundle.people:
-        templates = []
-        for number, template in enumerate(person.templates):
-            if template.model_id == card.id or template.photo_jpeg is None:
-                templates.append(template)  # same model: as it is; no photo: refused by _refuse_unusable_templates
-                continue
-            label = f"{person.name!r} template {number}"
-            verdict = enroller.judge(decode_photo(template.photo_jpeg, label), label, largest=True)
-            if isinstance(verdict, Refusal):
-                refusals.append(verdict)
-                continue
-            templates.append(replace(verdict.template, source=template.source, photo_jpeg=template.photo_jpeg))
-        people.append(replace(person, templates=templates))
+        missing = {c.id for c in enroller.cards} - {t.model_id for t in person.templates}
+        added, refused = embed_again(enroller, person.name, person.templates, missing)
+        refusals += refused
+        people.append(replace(person, templates=[*person.templates, *added]))
     if refusals:
         raise PhotosRefused(refusals)
     return people
 
 
-def _refuse_unusable_templates(bundle: Bundle, people: list[BundlePerson], card: ModelCard) -> None:
-    """Templates of another model, or of this model's id with another dimension, cannot be searched here."""
-    other = Counter(t.model_id for person in people for t in person.templates if t.model_id != card.id)
-    if not other:
-        wrong = sum(1 for person in people for t in person.templates if t.embedding.size != card.embedding_dim)
-        if wrong:
-            raise BundleError(f"{bundle.path}: {wrong} templates are not {card.embedding_dim}-d as model "
-                              f"{card.id!r} makes them: damaged bundle; nothing was imported")
+def _refuse_unusable_templates(bundle: Bundle, people: list[BundlePerson], cards: Sequence[ModelCard],
+                               gallery: Gallery) -> None:
+    """Refuse templates the gallery could not store or search: a dimension other than the card's (or the
+    gallery's, for a model held there), and people with no template of the configured model, cards[0]."""
+    expected = {m.model_id: m.dim for m in gallery.models()} | {c.id: c.embedding_dim for c in cards}
+    sizes: dict[str, set[int]] = {}
+    for person in people:
+        for template in person.templates:
+            sizes.setdefault(template.model_id, set()).add(template.embedding.size)
+    for model, found in sorted(sizes.items()):
+        if len(found) > 1 or model in expected and found != {expected[model]}:
+            want = f"{expected[model]}-d" if model in expected else "of one dimension"
+            dims = "/".join(map(str, sorted(found)))
+            raise BundleError(f"{bundle.path}: templates of model {model!r} are {dims}-d, not {want} as this gallery "
+                              "and its model cards have them: damaged bundle; nothing was imported")
+    card = cards[0]
+    lacking = [person for person in people if not any(t.model_id == card.id for t in person.templates)]
+    if not lacking:
         return
-    photos = sum(1 for person in people for t in person.templates if t.model_id != card.id and t.photo_jpeg)
-    models = ", ".join(f"{count} of model {model!r}" for model, count in other.items())
-    raise BundleError(f"{bundle.path}: {models}, but this device embeds with {card.id!r}; templates cannot be "
-                      f"compared across models. {photos} of them have a kept photo: import with --reembed to "
-                      "embed those again (templates without a photo need the person enrolled again)")
+    photos = sum(1 for person in lacking if any(t.photo_jpeg for t in person.templates))
+    models = ", ".join(f"{count} of model {model!r}" for model, count in
+                       Counter(t.model_id for person in lacking for t in person.templates).items())
+    raise BundleError(f"{bundle.path}: {len(lacking)} people have no template of {card.id!r}, the model this device "
+                      f"embeds with (their templates: {models}); templates cannot be compared across models. "
+                      f"{photos} of them have a kept photo: import with --reembed to embed those again (people "
+                      "without a photo need to be enrolled again)")
 
 
 def _plan(gallery: Gallery, people: list[BundlePerson], collisions: str, path: Path) -> list[_Step]:

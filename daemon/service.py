@@ -24,7 +24,7 @@ from daemon.config import Config
 from daemon.decision import Decider, Decision
 from daemon.door import Door, make_pin_factory
 from daemon.events import EventLog
-from daemon.gallery import GalleryReader
+from daemon.gallery import GalleryReader, listed
 from daemon.notify import Notifier
 from daemon.recognition import Observation, Recogniser
 from daemon.settings import ConfigError
@@ -94,6 +94,7 @@ class DoorService:
             self._closers.append(self.events.close)
             self.gallery = GalleryReader.open(config.gallery.path, config.embedder, config.gallery.index)
             self._closers.append(self.gallery.close)
+            _warn_unrecognisable(self.gallery)
             self.recogniser = Recogniser(config)
             self._closers.append(self.recogniser.close)
             self.source = make_source(config.camera)
@@ -294,6 +295,16 @@ class DoorService:
         fps = 1000 / np.mean(recent) if recent else 0.0
         return (f"{fps:.1f} fps capacity, {self.stats.frames} frames, {self.stats.faces} faces, "
                 f"{self.gallery.index.people} people, {self.stats.grants} grants")
+
+
+def _warn_unrecognisable(gallery: GalleryReader) -> None:
+    """People without a template of the configured embedder (enrolled before templates were stored per model)."""
+    lacking = gallery.lacking()
+    if lacking:
+        log.warning("%d of %d enrolled people have no template of embedder %r and cannot be recognised at this door: "
+                    "%s; tools/enroll_local.py --card %s check lists them, reembed embeds their kept photos again",
+                    len(lacking), len(lacking) + gallery.index.people, gallery.card.id, listed(lacking),
+                    gallery.card.path)
 
 
 def _nearest(observation: Observation) -> float | None:

@@ -5,6 +5,10 @@ and brightened copies are more photos of her), two astronauts side by side, and 
 cameraman (another person, whose small three-quarter face fails the enrolment gate: tests
 that need him enrolled relax the limits). Behaviour that belongs to the process (exit
 status, messages, file modes, being killed) is tested through subprocesses.
+
+Every face is stored as a template of each embedder card in engines/models (CARDS of them);
+the counts below hold for any number of installed cards. tests/test_templates_per_model.py
+tests the templates per model themselves, on a models folder of its own.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -36,10 +41,13 @@ from daemon.enrolment import (CameraError, DuplicateFace, Enroller, NotTheSamePe
 from daemon.gallery import SCHEMA_VERSION, AmbiguousName, Gallery, GalleryIndex, PersonNotFound
 from daemon.sources import FileSource
 from engines.embedder import distance
+from engines.model_card import cards_of, find_card
 from engines.quality import QualityLimits
 from tests.conftest import MODELS, REPO
 
 TOOL = REPO / "tools" / "enroll_local.py"
+CARDS = len(cards_of(MODELS, "embedder"))  # templates per accepted face
+CONFIGURED = find_card(MODELS, "embedder").id  # the model judged and guarded with; its templates keep the photos
 CAMERAMAN_LIMITS = QualityLimits(min_eye_distance=15, max_yaw=0.7)  # his face is small and turned
 
 
@@ -91,7 +99,7 @@ def enroller() -> Enroller:
 @pytest.fixture(scope="module")
 def lenient(enroller) -> Enroller:
     """The same models with limits the cameraman passes; closed with enroller."""
-    return Enroller(enroller.pipeline, CAMERAMAN_LIMITS)
+    return Enroller(enroller.pipeline, CAMERAMAN_LIMITS, enroller.others)
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +197,7 @@ def test_a_known_face_is_refused_naming_the_match_unless_forced(db, enroller, ph
         with pytest.raises(DuplicateFace, match=r"looks like 'Astronaut' \(id 1\).*distance 0\.\d+ is below"):
             enrol(gallery, enroller.card, "Twin", shots)
         twin = enrol(gallery, enroller.card, "Twin", shots, force=True)
-        assert gallery.get_person(twin).template_count == 1
+        assert gallery.get_person(twin).template_count == CARDS
 
 
 def test_photos_added_to_a_person_must_look_like_them_unless_forced(db, enroller, lenient, photos):
@@ -197,9 +205,9 @@ def test_photos_added_to_a_person_must_look_like_them_unless_forced(db, enroller
         astronaut = gallery.get_person("Astronaut")
         with pytest.raises(NotTheSamePerson, match="cameraman.png"):
             add_shots(gallery, enroller.card, astronaut, [lenient.judge_file(photos["cameraman"])])
-        assert len(add_shots(gallery, enroller.card, astronaut, [enroller.judge_file(photos["brightened"])])) == 1
+        assert len(add_shots(gallery, enroller.card, astronaut, [enroller.judge_file(photos["brightened"])])) == CARDS
         add_shots(gallery, enroller.card, astronaut, [lenient.judge_file(photos["cameraman"])], force=True)
-        assert gallery.get_person(astronaut.id).template_count == 4
+        assert gallery.get_person(astronaut.id).template_count == 4 * CARDS
 
 
 def test_a_person_is_found_by_id_external_id_or_name_and_ambiguity_is_explained(db, enroller, photos):
@@ -255,7 +263,7 @@ def test_camera_enrolment_from_the_command_line_prints_guidance(tmp_path, frames
     result = run("add", "Astronaut", "--camera", frames, "--shots", "2", db=db)
     assert result.returncode == 0, result.stderr
     assert "hold still" in result.stderr and "move closer" in result.stderr
-    assert [t.source for t in people(db)["Astronaut"]["templates"]] == ["camera", "camera"]
+    assert [t.source for t in people(db)["Astronaut"]["templates"]] == ["camera", "camera"] * CARDS
 
 
 # --- the command line -------------------------------------------------------------------------------------
@@ -270,10 +278,11 @@ def test_people_are_added_listed_shown_changed_and_removed_from_the_command_line
 
     listed = json.loads(run("list", "--json", db=db).stdout)
     assert [(p["name"], p["external_id"], p["note"], p["valid_from"], p["template_count"]) for p in listed] == [
-        ("Astronaut", "E1", "crew", "2026-01-01", 2)]
+        ("Astronaut", "E1", "crew", "2026-01-01", 2 * CARDS)]
     shown = json.loads(run("show", "E1", "--json", db=db).stdout)
-    assert [t["quality"]["label"] for t in shown["templates"]] == [str(photos["astronaut"]), str(photos["mirrored"])]
-    assert all(t["photo_bytes"] > 0 and t["quality"]["eye_distance"] > 30 for t in shown["templates"])
+    configured = [t for t in shown["templates"] if t["model_id"] == CONFIGURED]
+    assert [t["quality"]["label"] for t in configured] == [str(photos["astronaut"]), str(photos["mirrored"])]
+    assert all(t["photo_bytes"] > 0 and t["quality"]["eye_distance"] > 30 for t in configured)
     assert "sharpness" in run("show", "Astronaut", db=db).stdout
 
     for command in (["rename", "E1", "Astronaut Two"], ["disable", "#1"],
@@ -282,7 +291,7 @@ def test_people_are_added_listed_shown_changed_and_removed_from_the_command_line
         assert result.returncode == 0, (command, result.stderr)
     person = people(db)["Astronaut Two"]["person"]
     assert (person.active, person.valid_from, person.valid_until, person.template_count) == (
-        False, "2026-01-01", "2027-06-30", 3)
+        False, "2026-01-01", "2027-06-30", 3 * CARDS)
     assert run("enable", "Astronaut Two", db=db).returncode == 0
     assert run("set-validity", "1", "--from", "none", db=db).returncode == 0
     person = people(db)["Astronaut Two"]["person"]
@@ -348,7 +357,7 @@ def test_remove_asks_on_a_terminal_and_only_yes_removes(db):
             os.close(leader)
             os.close(follower)
         assert result.returncode == status, result.stderr
-        assert "erase their 1 template(s) and photos for good? [y/N]" in result.stdout
+        assert f"erase their {CARDS} template(s) and photos for good? [y/N]" in result.stdout
         assert (dump(db) == before) == (answer != "y")
     assert list(people(db)) == ["Astronaut"]
 
@@ -403,7 +412,7 @@ def bundle(tmp_path, db) -> Path:
     path = tmp_path / "crew.fgb"
     result = run("export", path, db=db)
     assert result.returncode == 0, result.stderr
-    assert "exported 2 people (3 templates, 3 photos)" in result.stdout
+    assert f"exported 2 people ({3 * CARDS} templates, 3 photos)" in result.stdout
     return path
 
 
@@ -468,7 +477,7 @@ def test_a_bundle_from_a_newer_facegate_is_refused_and_changes_nothing(tmp_path,
     assert dump(db) == before
 
 
-def test_a_bundle_of_another_model_is_refused_unless_its_photos_are_reembedded(tmp_path, bundle, lenient):
+def test_a_bundle_of_another_model_is_refused_unless_its_photos_are_reembedded(tmp_path, bundle, enroller):
     def other_model(manifest: dict) -> None:
         for person in manifest["people"]:
             for template in person["templates"]:
@@ -484,8 +493,11 @@ def test_a_bundle_of_another_model_is_refused_unless_its_photos_are_reembedded(t
     astronaut_only = rewrite_bundle(foreign, tmp_path / "astronaut.fgb", lambda m: m.update(people=m["people"][:1]))
     result = run("import", astronaut_only, "--reembed", db=fresh)
     assert result.returncode == 0, result.stderr
+    # Each kept photo embedded again by every installed model; the bundle's own templates are kept as they are.
     templates = people(fresh)["Astronaut"]["templates"]
-    assert {t.model_id for t in templates} == {lenient.card.id} and all(t.photo_jpeg for t in templates)
+    assert Counter(t.model_id for t in templates) == {"other-embedder-v2": 2 * CARDS,
+                                                      **{card.id: 2 for card in enroller.cards}}
+    assert sum(1 for t in templates if t.photo_jpeg) == 2
 
 
 def test_an_enrolled_name_is_refused_unless_merged_or_replaced(db, bundle):
@@ -494,8 +506,9 @@ def test_an_enrolled_name_is_refused_unless_merged_or_replaced(db, bundle):
     assert refused.returncode == 1 and "--merge" in refused.stderr and dump(db) == before
 
     merged = run("import", bundle, "--merge", db=db)
-    assert merged.returncode == 0 and "3 identical ones skipped" in merged.stdout, merged.stderr
-    assert {name: p["person"].template_count for name, p in people(db).items()} == {"Astronaut": 2, "Cameraman": 1}
+    assert merged.returncode == 0 and f"{3 * CARDS} identical ones skipped" in merged.stdout, merged.stderr
+    assert {name: p["person"].template_count for name, p in people(db).items()} == {"Astronaut": 2 * CARDS,
+                                                                                  "Cameraman": CARDS}
 
     old_ids = {name: p["person"].id for name, p in people(db).items()}
     replaced = run("import", bundle, "--replace", db=db)
@@ -528,7 +541,7 @@ def test_add_folder_shows_progress_and_a_summary_and_enrols_each_person_whole(tm
     assert "Twin: 'Twin' looks like 'Astronaut'" in summary
     assert "Cameraman: no photo passed the quality gate" in summary
     assert "notes.jpg: not a readable image" in summary
-    assert {name: p["person"].template_count for name, p in people(db).items()} == {"Astronaut": 2}
+    assert {name: p["person"].template_count for name, p in people(db).items()} == {"Astronaut": 2 * CARDS}
 
     again = run("add-folder", root, "--json", db=db)
     outcomes = {o["name"]: o for o in json.loads(again.stdout)}
@@ -550,7 +563,7 @@ def test_add_folder_enrols_real_people_apart(tmp_path, shared_data):
     assert result.returncode == 0, result.stdout + result.stderr
     enrolled = {name: p["person"].template_count for name, p in people(db).items()}
     assert sorted(enrolled) == sorted(p.name for p in johns.iterdir())
-    assert all(count >= 4 for count in enrolled.values()), enrolled  # blurred chips are refused, not all of them
+    assert all(count >= 4 * CARDS for count in enrolled.values()), enrolled  # blurred chips are refused, not all
 
 
 def batch_folder(root: Path) -> Path:
@@ -578,7 +591,7 @@ def test_a_batch_killed_at_random_moments_leaves_each_person_whole_or_absent(tmp
     reference = tmp_path / "reference.db"
     batch_seconds = timed_batch(root, reference)  # to spread the kills over the batch, not asserted
     expected = enrolled_labels(reference)
-    assert len(expected) == 6 and all(len(labels) == 5 for labels in expected.values())
+    assert len(expected) == 6 and all(len(labels) == 5 * CARDS for labels in expected.values())
     chance = random.Random(20261123)
     for round_number in range(6):
         db = tmp_path / f"round{round_number}.db"

@@ -269,3 +269,61 @@ def test_inactive_and_expired_people_are_still_found_for_the_policy_to_deny(tmp_
         assert match.person_id == person
         found = reader.person(person)
         assert (found.active, found.valid_until) == (False, "2020-01-01")
+
+
+# --- one index per model ----------------------------------------------------------------------------
+
+
+def enrol_two_models(gallery: Gallery, people: int, seed: int) -> dict[int, dict[str, np.ndarray]]:
+    """Each person with templates of both cards (as enrolment writes them): person id -> card id -> vectors."""
+    rng = np.random.default_rng(seed)
+    enrolled = {}
+    for i in range(people):
+        vectors = {card.id: rng.standard_normal((2, DIM)).astype(np.float32) for card in (EUCLIDEAN, COSINE)}
+        templates = [Template(v, model) for model, rows in vectors.items() for v in rows]
+        enrolled[gallery.add_person(f"person {i}", templates)] = vectors
+    return enrolled
+
+
+def test_each_model_has_its_own_index_files_built_from_its_own_templates(gallery, caplog):
+    caplog.set_level(logging.INFO, logger="facegate.gallery")
+    enrolled = enrol_two_models(gallery, people=12, seed=8)
+    indexes = {card.id: load_or_build(gallery, card) for card in (EUCLIDEAN, COSINE)}
+    paths = {model: index_paths(gallery.index_dir, model, "flat") for model in indexes}
+    assert len({path for pair in paths.values() for path in pair}) == 4
+    assert all(path.is_file() for pair in paths.values() for path in pair)
+    assert sorted(p.name for p in gallery.index_dir.iterdir()) == sorted(
+        path.name for pair in paths.values() for path in pair)
+    for card in (EUCLIDEAN, COSINE):
+        index = indexes[card.id]
+        assert (index.model_id, index.metric, index.count, index.people) == (card.id, card.metric, 24, 12)
+        probes = np.stack([vectors[card.id][1] for vectors in enrolled.values()])
+        assert [m.person_id for m in index.search(probes)] == list(enrolled)
+        assert all(m.distance == pytest.approx(0, abs=1e-4) for m in index.search(probes))
+    rebuild_lines(caplog)
+
+    # Each rebuilt independently: damage one model's index and only that one is rebuilt.
+    paths[COSINE.id][0].write_bytes(b"damaged")
+    load_or_build(gallery, EUCLIDEAN)
+    assert rebuild_lines(caplog) == []
+    load_or_build(gallery, COSINE)
+    [line] = rebuild_lines(caplog)
+    assert str(paths[COSINE.id][0]) in line and "checksum" in line
+    load_or_build(gallery, COSINE)
+    assert rebuild_lines(caplog) == []
+
+
+def test_a_reader_searches_its_own_model_and_names_the_people_it_cannot_find(tmp_path):
+    path = tmp_path / "gallery.db"
+    with Gallery.open(path) as writer:
+        enrolled = enrol_two_models(writer, people=3, seed=9)
+        legacy_vector = np.full(DIM, 3.0, np.float32)
+        legacy = writer.add_person("Legacy", [Template(legacy_vector, EUCLIDEAN.id)])
+    with GalleryReader.open(path, EUCLIDEAN) as euclidean, GalleryReader.open(path, COSINE) as cosine:
+        assert (euclidean.index.count, euclidean.index.people, euclidean.lacking()) == (7, 4, [])
+        assert (cosine.index.count, cosine.index.people) == (6, 3)
+        assert [p.id for p in cosine.lacking()] == [legacy] and cosine.card is COSINE
+        assert euclidean.search(legacy_vector[None])[0].person_id == legacy
+        assert cosine.search(legacy_vector[None])[0].person_id != legacy
+        first = next(iter(enrolled))
+        assert cosine.search(enrolled[first][COSINE.id][:1])[0].person_id == first

@@ -303,3 +303,22 @@ def test_a_removed_person_leaves_no_trace_of_their_embedding_or_photo(tmp_path):
         gallery.remove_person(alice)
         assert not any(needle in on_disk() for needle in needles)
         assert [p.name for p in daemon_connection.list_people()] == ["Bob"]
+
+
+# --- templates of several models ---------------------------------------------------------------
+
+
+def test_templates_of_several_models_are_summed_up_per_model_and_people_lacking_one_are_named(gallery):
+    other = "other-model"
+    both = gallery.add_person("Both", [Template(np.ones(DIM), CARD.id, photo_jpeg=b"\xff\xd8photo"),
+                                       Template(np.ones(64), other), Template(np.zeros(64), other)])
+    legacy = gallery.add_person("Legacy", [Template(np.ones(DIM), CARD.id), Template(np.zeros(DIM), CARD.id,
+                                                                                      photo_jpeg=b"\xff\xd8")])
+    newcomer = gallery.add_person("Newcomer", [Template(np.ones(64), other)])
+    assert [(m.model_id, m.dim, m.templates, m.people) for m in gallery.models()] == [
+        (CARD.id, DIM, 3, 2), (other, 64, 3, 2)]
+    assert [p.id for p in gallery.people_lacking(other)] == [legacy]
+    assert [p.id for p in gallery.people_lacking(CARD.id)] == [newcomer]
+    assert [p.id for p in gallery.people_lacking("not-installed")] == [both, legacy, newcomer]
+    assert gallery.kept_photos() == {both: 1, legacy: 1}
+    assert len(gallery.snapshot(other).template_ids) == 3 and gallery.snapshot(other).vectors.shape == (3, 64)

@@ -7,6 +7,12 @@ sharp, large enough, frontal face; a new person whose face matches someone alrea
 (closer than the model card's threshold) is refused unless --force. A refused or failed
 command changes nothing.
 
+Every face is stored as one template per embedder card installed in --models, so the
+door's embedder.card can be switched without enrolling anyone again. --card names the
+model the door is configured with (default: the one --models/DEFAULTS names): the quality
+gate, the duplicate guard and check use it. People enrolled before a card was installed
+lack its templates: check names them, reembed embeds their kept photos (--keep-photo) again.
+
 examples:
   enroll_local.py --db /var/lib/facegate/gallery.db add "Alice Martin" --photo alice1.jpg alice2.jpg --external-id E1001
   enroll_local.py add "Bob Stone" --camera --shots 3            # camera 0, guidance on screen
@@ -21,8 +27,9 @@ examples:
   enroll_local.py export /media/usb/gallery.fgb
   enroll_local.py import /media/usb/gallery.fgb --merge
   enroll_local.py check && enroll_local.py rebuild-index
+  enroll_local.py --card NEW-CARD-ID check || enroll_local.py reembed   # before switching embedder.card
 
---db and --models go before or after the command.
+--db, --models and --card go before or after the command.
 
 exit status: 0 ok, 1 refused or failed (the gallery is unchanged), 2 usage error.
 """
@@ -33,6 +40,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -42,13 +50,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.cli_options import common_options, default  # noqa: E402
 from daemon.enrolment import (COLLISION_POLICIES, CameraError, Enroller, EnrolmentError, PersonDetails,  # noqa: E402
-                              PersonOutcome, PhotosRefused, Progress, Refusal, Shot, add_shots, capture, enrol,
-                              enrol_folder, export_bundle, find_person, import_bundle, judge_files, person_folders,
-                              read_bundle, refuse_taken_name)
-from daemon.gallery import KINDS, Gallery, GalleryError, GalleryIndex, Person  # noqa: E402
+                              PersonOutcome, PhotosRefused, Progress, Refusal, Shot, add_shots, capture,
+                              embedder_cards, enrol, enrol_folder, export_bundle, find_person, import_bundle,
+                              judge_files, person_folders, read_bundle, Reembedded, reembed_person,
+                              refuse_taken_name)
+from daemon.gallery import KINDS, Gallery, GalleryError, GalleryIndex, Person, listed  # noqa: E402
 from daemon.sources import FrameSource, SourceConfigError, SourceError, make_source  # noqa: E402
 from engines.manifest import MODELS_DIR  # noqa: E402
-from engines.model_card import find_card  # noqa: E402
+from engines.model_card import ModelCard, cards_of, find_card, load_card  # noqa: E402
 
 DEFAULT_DB = "/var/lib/facegate/gallery.db"
 FAILURES = (EnrolmentError, GalleryError, SourceError, OSError, ValueError)
@@ -98,6 +107,9 @@ def common(parser: argparse.ArgumentParser, before: bool) -> None:
     parser.add_argument("--db", default=default(DEFAULT_DB, before), help=f"the gallery database (default {DEFAULT_DB})")
     parser.add_argument("--models", type=Path, default=default(MODELS_DIR, before),
                         help="folder of model cards and models (default: engines/models)")
+    parser.add_argument("--card", default=default(None, before), metavar="CARD",
+                        help="the embedder the door is configured with (its embedder.card): a card file, or the id "
+                             "of an embedder card in --models (default: the one --models/DEFAULTS names)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -177,9 +189,14 @@ def parser() -> argparse.ArgumentParser:
                       help="embed templates of another model again from their kept photos")
     load.add_argument("--force", action="store_true", help="import faces that match someone enrolled")
 
-    check = command("check", cmd_check, "check the gallery's integrity (exit 1 on problems)")
+    check = command("check", cmd_check, "check the gallery's integrity and that everyone has a template of the "
+                    "configured model (exit 1 on problems)")
     check.add_argument("--json", action="store_true")
-    index = command("rebuild-index", cmd_rebuild_index, "rebuild the search index from the database")
+    again = command("reembed", cmd_reembed, "give people the templates they lack of each installed model, "
+                    "embedded from their kept photos (exit 1 if someone still lacks one)")
+    again.add_argument("people", nargs="*", metavar="PERSON", help="only these people (default: everyone)")
+    index = command("rebuild-index", cmd_rebuild_index, "rebuild each installed model's search index from the "
+                    "database")
     index.add_argument("--kind", choices=KINDS, default=KINDS[0], help="flat: exact (default); hnsw: approximate")
     return top
 
@@ -200,11 +217,12 @@ def cmd_add(args: argparse.Namespace) -> int:
     if not args.force and Path(args.db).exists():
         with open_gallery(args.db) as gallery:
             refuse_taken_name(gallery, args.name)  # a quick answer, before the models load
-    with Enroller.from_models(args.models) as enroller:
+    with Enroller.from_models(args.models, card=configured_card(args)) as enroller:
         shots = photo_shots(enroller, args) if args.photo else camera_shots(enroller, args)
         with open_gallery(args.db, create=True) as gallery:  # only now: a refused add leaves no empty gallery
             person_id = enrol(gallery, enroller.card, args.name, shots, details, force=args.force)
-    print(f"enrolled {args.name!r} as #{person_id} with {len(shots)} template(s)")
+    print(f"enrolled {args.name!r} as #{person_id} with {len(shots)} template(s) of each model "
+          f"({', '.join(card.id for card in enroller.cards)})")
     return 0
 
 
@@ -246,16 +264,18 @@ def camera_source(text: str) -> FrameSource:
 def cmd_add_template(args: argparse.Namespace) -> int:
     with open_gallery(args.db) as gallery:
         person = find_person(gallery, args.person)
-        with Enroller.from_models(args.models) as enroller:
+        with Enroller.from_models(args.models, card=configured_card(args)) as enroller:
             shots = photo_shots(enroller, args)
             ids = add_shots(gallery, enroller.card, person, shots, force=args.force)
-    print(f"added {len(ids)} template(s) to {person.name!r} (#{person.id})")
+    print(f"added {len(shots)} photo(s) to {person.name!r} (#{person.id}): {len(ids)} template(s), one per photo "
+          "and installed model")
     return 0
 
 
 def cmd_add_folder(args: argparse.Namespace) -> int:
     folders = person_folders(args.folder)
-    with open_gallery(args.db, create=True) as gallery, Enroller.from_models(args.models) as enroller:
+    with open_gallery(args.db, create=True) as gallery, \
+            Enroller.from_models(args.models, card=configured_card(args)) as enroller:
         print(f"enrolling {len(folders)} people ({sum(map(len, folders.values()))} photos) from {args.folder}",
               file=sys.stderr, flush=True)
         outcomes = enrol_folder(gallery, enroller, folders, largest=args.largest, keep_photo=args.keep_photo,
@@ -348,24 +368,28 @@ def confirmed(person: Person) -> bool:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    model_id = find_card(args.models, "embedder").id
+    model_id = configured_card(args).id
     with open_gallery(args.db) as gallery:
         bundle = export_bundle(gallery, args.file, model_id)
     photos = sum(1 for p in bundle.people for t in p.templates if t.photo_jpeg)
-    print(f"exported {len(bundle.people)} people ({bundle.template_count} templates, {photos} photos) to {args.file}")
+    models = Counter(t.model_id for p in bundle.people for t in p.templates)
+    print(f"exported {len(bundle.people)} people ({bundle.template_count} templates, {photos} photos) to {args.file}; "
+          "templates by model: " + (", ".join(f"{model} {count}" for model, count in sorted(models.items())) or "none"))
     return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     bundle = read_bundle(args.file)
-    card = find_card(args.models, "embedder")
+    card = configured_card(args)
+    installed = embedder_cards(args.models, card)
     with open_gallery(args.db, create=True) as gallery:
         if args.reembed:
-            with Enroller.from_models(args.models) as enroller:
+            with Enroller.from_models(args.models, card=card) as enroller:
                 report = import_bundle(gallery, card, bundle, collisions=args.collisions, force=args.force,
                                        reembed=enroller)
         else:
-            report = import_bundle(gallery, card, bundle, collisions=args.collisions, force=args.force)
+            report = import_bundle(gallery, card, bundle, collisions=args.collisions, force=args.force,
+                                   installed=installed)
     print(f"imported {args.file}: {report.added} added, {report.merged} merged, {report.replaced} replaced, "
           f"{report.templates} templates written" +
           (f", {report.skipped_templates} identical ones skipped" if report.skipped_templates else ""))
@@ -373,26 +397,101 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    cards = embedder_cards(args.models, configured_card(args))
     with open_gallery(args.db) as gallery:
         problems = gallery.integrity_report()
         people = gallery.list_people() if not problems else []
+        lacking = {card.id: gallery.people_lacking(card.id) for card in cards} if not problems else {}
+        photos = gallery.kept_photos() if not problems else {}
+    configured = cards[0].id
+    missing = lacking.get(configured, [])
+    if missing:
+        problems.append(f"{len(missing)} of {len(people)} people have no template of {configured!r}, the model the "
+                        f"door is configured with, and cannot be recognised: {listed(missing)}")
     if args.json:
-        print(json.dumps({"ok": not problems, "problems": problems}, indent=1))
+        print(json.dumps({"ok": not problems, "problems": problems, "model": configured,
+                          "lacking": {model: [{"id": p.id, "name": p.name, "kept_photos": photos.get(p.id, 0)}
+                                              for p in found] for model, found in lacking.items()}},
+                         indent=1, ensure_ascii=False))
     elif problems:
         print("\n".join(problems))
     else:
         print(f"ok: {len(people)} people, {sum(p.template_count for p in people)} templates")
+    if not args.json:
+        for model, found in lacking.items():
+            if found and model != configured:
+                print(f"note: {len(found)} people have no template of {model!r} (installed, not configured): "
+                      f"switching the door to it needs them re-embedded first: {listed(found)}")
+        if any(lacking.values()):
+            print(reembed_hint([p for found in lacking.values() for p in found], photos))
     return 1 if problems else 0
 
 
-def cmd_rebuild_index(args: argparse.Namespace) -> int:
-    card = find_card(args.models, "embedder")
+def reembed_hint(people: list[Person], photos: dict[int, int]) -> str:
+    with_photo = len({p.id for p in people if photos.get(p.id)})
+    without = len({p.id for p in people}) - with_photo
+    return (f"hint: {with_photo} of them have kept photos: `enroll_local.py reembed` embeds those again"
+            + (f"; {without} have none and need new photos: enroll_local.py add-template PERSON --photo FILE"
+               if without else ""))
+
+
+def cmd_reembed(args: argparse.Namespace) -> int:
+    cards = embedder_cards(args.models, configured_card(args))
+    outcomes: list[Reembedded] = []
     with open_gallery(args.db) as gallery:
-        index = GalleryIndex.build(gallery.snapshot(card.id), card, args.kind)
-        index.save(gallery.index_dir)
-    print(f"indexed {index.count} templates of {index.people} people ({args.kind}, generation {index.generation}) "
-          f"in {gallery.index_dir}")
+        people = [find_person(gallery, text) for text in args.people] if args.people else gallery.list_people()
+        lacking = {p.id for card in cards for p in gallery.people_lacking(card.id)}
+        todo = [p for p in people if p.id in lacking]
+        print(f"{len(todo)} of {len(people)} people lack a template of an installed model "
+              f"({', '.join(card.id for card in cards)})", file=sys.stderr, flush=True)
+        if todo:
+            with Enroller.from_models(args.models, card=cards[0]) as enroller:
+                for number, person in enumerate(todo, 1):
+                    outcomes.append(reembed_person(gallery, enroller, person))
+                    print(f"[{number}/{len(todo)}] {reembed_line(outcomes[-1])}", flush=True)
+    left = [o for o in outcomes if o.missing]
+    print(f"done: {sum(o.added for o in outcomes)} templates added for {len(todo) - len(left)} people"
+          + (f"; {len(left)} still lack one: {listed([o.person for o in left])}" if left else ""))
+    return 1 if left else 0
+
+
+def reembed_line(outcome: Reembedded) -> str:
+    person = f"{outcome.person.name!r} (#{outcome.person.id})"
+    line = f"{person}: {outcome.added} template(s) added from {outcome.photos} kept photo(s)"
+    if outcome.refused:
+        line += "; refused: " + "; ".join(f"{r.label}: {', '.join(r.reasons)}" for r in outcome.refused)
+    if outcome.missing:
+        line += (f"; still no template of {', '.join(outcome.missing)}: add photos with "
+                 f"add-template '#{outcome.person.id}' --photo FILE")
+    return line
+
+
+def cmd_rebuild_index(args: argparse.Namespace) -> int:
+    with open_gallery(args.db) as gallery:
+        for card in embedder_cards(args.models, configured_card(args)):
+            index = GalleryIndex.build(gallery.snapshot(card.id), card, args.kind)
+            index.save(gallery.index_dir)
+            print(f"indexed {index.count} templates of {index.people} people with {card.id} ({args.kind}, "
+                  f"generation {index.generation}) in {gallery.index_dir}")
     return 0
+
+
+def configured_card(args: argparse.Namespace) -> ModelCard:
+    """The embedder card the door uses: --card (a card file or an id in --models), else --models' default."""
+    if args.card is None:
+        return find_card(args.models, "embedder")
+    path = Path(args.card)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        card = load_card(path)
+        if card.role != "embedder":
+            raise UsageError(f"--card {args.card}: a card of role {card.role!r}, not an embedder card")
+        return card
+    installed = cards_of(args.models, "embedder")
+    for card in installed:
+        if card.id == args.card:
+            return card
+    raise UsageError(f"--card {args.card!r}: no embedder card of that id in {args.models} (installed: "
+                     f"{', '.join(c.id for c in installed) or 'none'}); give a card id or a card file")
 
 
 def open_gallery(path: str, create: bool = False) -> Gallery:

@@ -1,5 +1,9 @@
 """The gallery: people and face templates in SQLite (source of truth) and a FAISS index derived from it.
 
+A person holds templates of every embedding model installed when they were enrolled (each
+template names its model card's id); each model has its own index, built from that
+model's templates only, so the daemon searches with whichever card it is configured with.
+
     gallery = Gallery.open("/var/lib/facegate/gallery.db")
     person_id = gallery.add_person("Alice", [Template(embedding, card.id, quality, "camera")])
     reader = GalleryReader(gallery_for_daemon, card)   # in the daemon
@@ -9,12 +13,12 @@ from .errors import (AmbiguousName, CorruptGallery, DuplicateExternalId, Gallery
                      SchemaTooNew)
 from .index import KINDS, GalleryIndex, Match, load_or_build
 from .reader import GalleryReader
-from .records import Person, Snapshot, StoredTemplate, Template
+from .records import ModelTemplates, Person, Snapshot, StoredTemplate, Template, listed
 from .schema import SCHEMA_VERSION
 from .store import Gallery
 
 __all__ = [
     "AmbiguousName", "CorruptGallery", "DuplicateExternalId", "Gallery", "GalleryError", "GalleryIndex",
-    "GalleryReader", "KINDS", "Match", "Person", "PersonNotFound", "SCHEMA_VERSION", "SchemaTooNew",
-    "Snapshot", "StoredTemplate", "Template", "load_or_build",
+    "GalleryReader", "KINDS", "Match", "ModelTemplates", "Person", "PersonNotFound", "SCHEMA_VERSION", "SchemaTooNew",
+    "Snapshot", "StoredTemplate", "Template", "listed", "load_or_build",
 ]

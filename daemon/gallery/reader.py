@@ -5,6 +5,9 @@ and calls refresh(); the recognition thread calls search() and never waits,
 because refresh() builds the new index completely before replacing the single
 reference that search() reads.
 
+The index is built from the templates of the reader's model card only: people
+enrolled with other models (see lacking()) are not found.
+
 Who may pass is not decided here. The index holds every enrolled person,
 active or not, inside their validity window or not, and search() returns
 whoever matches; the access policy then denies an inactive or expired person
@@ -84,6 +87,17 @@ class GalleryReader:
     def search(self, probes: np.ndarray) -> list[Match | None]:
         """See GalleryIndex.search; thread-safe and lock-free."""
         return self._index.search(probes)
+
+    @property
+    def card(self) -> ModelCard:
+        """The embedding model searched: the index holds that model's templates only."""
+        return self._card
+
+    def lacking(self) -> list[Person]:
+        """People without a template of this reader's model: searches cannot find them (galleries enrolled
+        before templates were stored per installed model; enroll_local.py check and reembed)."""
+        with self._lock:
+            return self._gallery.people_lacking(self._card.id)
 
     def person(self, person_id: int) -> Person:
         """The person's current record (active flag, validity) for the access policy."""

@@ -51,6 +51,16 @@ class Person:
     template_count: int
 
 
+@dataclass(frozen=True)
+class ModelTemplates:
+    """The templates of one embedding model in a gallery (Gallery.models)."""
+
+    model_id: str
+    dim: int
+    templates: int
+    people: int  # people with at least one template of this model
+
+
 @dataclass(frozen=True, eq=False)
 class Snapshot:
     """The templates of one embedding model as of one generation, read in one transaction.
@@ -64,3 +74,9 @@ class Snapshot:
     person_ids: np.ndarray  # int64, person of each template id
     names: dict[int, str]
     vectors: np.ndarray | None  # float32, (count, dim)
+
+
+def listed(people: list[Person], most: int = 10) -> str:
+    """People for a message: "#1 'Alice', #4 'Bob' and 3 more"."""
+    named = ", ".join(f"#{person.id} {person.name!r}" for person in people[:most])
+    return named + (f" and {len(people) - most} more" if len(people) > most else "")

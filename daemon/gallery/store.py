@@ -27,7 +27,7 @@ from .errors import AmbiguousName, CorruptGallery, DuplicateExternalId, GalleryE
 from engines.atomic_file import fsync_dir
 
 from .files import create_private_file, ensure_private_dir, tighten
-from .records import SOURCES, Person, Snapshot, StoredTemplate, Template
+from .records import SOURCES, ModelTemplates, Person, Snapshot, StoredTemplate, Template
 from .schema import migrate, refuse_newer
 
 log = logging.getLogger("facegate.gallery")
@@ -200,6 +200,25 @@ class Gallery:
                         template_ids=np.array([row[0] for row in rows], dtype=np.int64),
                         person_ids=np.array([row[1] for row in rows], dtype=np.int64),
                         names=names, vectors=vectors)
+
+    def models(self) -> list[ModelTemplates]:
+        """Each embedding model the gallery holds templates of: its dimension, templates and people."""
+        with _translated(self.path):
+            rows = self._connection.execute(
+                "SELECT model_id, min(dim), count(*), count(DISTINCT person_id) FROM templates"
+                " GROUP BY model_id ORDER BY model_id").fetchall()
+        return [ModelTemplates(*row) for row in rows]
+
+    def people_lacking(self, model_id: str) -> list[Person]:
+        """People without a template of one embedding model: a search with that model cannot find them."""
+        return self._people("WHERE NOT EXISTS (SELECT 1 FROM templates t WHERE t.person_id = p.id"
+                            " AND t.model_id = ?) ORDER BY p.name, p.id", (model_id,))
+
+    def kept_photos(self) -> dict[int, int]:
+        """Person id -> how many of their templates keep a face photo (people without one are left out)."""
+        with _translated(self.path):
+            return dict(self._connection.execute(
+                "SELECT person_id, count(*) FROM templates WHERE photo IS NOT NULL GROUP BY person_id").fetchall())
 
     # --- checks ---------------------------------------------------------------
 
