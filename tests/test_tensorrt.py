@@ -130,7 +130,8 @@ def write_qdq_model(path: Path) -> Path:
     graph = helper.make_graph(
         nodes, "qdq", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *RNET_INPUT])],
         [helper.make_tensor_value_info("reg", TensorProto.FLOAT, ["batch", 3])], initializer=constants)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    # IR 10: what the oldest ONNX Runtime the constraints pin (1.23, Python 3.10) reads; newest onnx writes 14.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path

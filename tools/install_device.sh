@@ -31,6 +31,11 @@ done
 python3 -m venv --system-site-packages "$venv"
 pip="$venv/bin/python -m pip --disable-pip-version-check"
 $pip install --quiet --upgrade pip
+# The tested versions (./facegate.sh lock); a pin for a package not installed here is harmless.
+pins="-c constraints.txt"
+version=$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+grep -q "python_version == \"$version\"" constraints.txt ||
+  echo "facegate: constraints.txt pins nothing for Python $version: installing the newest versions, untested (PYTHON=python$version ./facegate.sh lock on a development machine pins them)" >&2
 # Every runtime requirement except pip's OpenCV, read from setup.cfg so the list lives in one place.
 requirements=$("$venv/bin/python" - <<'PY'
 import configparser
@@ -43,11 +48,11 @@ for line in cfg["options"]["install_requires"].split("\n"):
 PY
 )
 # shellcheck disable=SC2086
-$pip install --quiet $requirements
+$pip install --quiet $pins $requirements
 $pip install --quiet --no-deps -e .
 extras=$("$venv/bin/python" -c "import configparser; c=configparser.ConfigParser(); c.read('setup.cfg'); print(' '.join(c['options.extras_require']['$extra'].split()))")
 # shellcheck disable=SC2086
-[ -z "$extras" ] || $pip install --quiet $extras
+[ -z "$extras" ] || $pip install --quiet $pins $extras
 
 if $pip list 2>/dev/null | grep -qi '^opencv'; then
   echo "facegate: a pip OpenCV is installed in $venv next to the system cv2; remove it: $venv/bin/pip uninstall opencv-python opencv-python-headless" >&2
