@@ -228,7 +228,7 @@ SAME_PERSON = 0.6
 def dlib_embedder():
     if not DLIB_ONNX.exists():
         pytest.skip(f"{DLIB_ONNX.name} not converted yet (tools/export_models.py)")
-    with Embedder.from_models(MODELS) as embedder:
+    with Embedder(load_card(MODELS / "dlib_resnet_v1.yaml")) as embedder:
         yield embedder
 
 

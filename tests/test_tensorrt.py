@@ -179,7 +179,7 @@ def test_a_default_precision_and_role_precisions_combine(fake, tmp_path, capsys)
                "--out-dir", tmp_path, "--json") == 0
     built = json.loads(capsys.readouterr().out)
     assert sorted(Path(entry["engine"]).name for entry in built) == [
-        "dlib_resnet_v1.fp16.engine", "mtcnn_onet.fp32.engine", "mtcnn_pnet.fp32.engine", "mtcnn_rnet.fp32.engine"]
+        "mtcnn_onet.fp32.engine", "mtcnn_pnet.fp32.engine", "mtcnn_rnet.fp32.engine", "sface_2021dec.fp16.engine"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -14,27 +14,30 @@ and unknown-face reports.
 examples:
   python tools/tune_decision.py                      # demo clip, lead hiker, decoys from ../shared
   python tools/tune_decision.py --thresholds 0.44 0.48 --eye 14 20 --kn 3/5
+  python tools/tune_decision.py --card engines/models/sface_2021dec.yaml --thresholds 0.6 0.64
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from daemon.config import DOOR_QUALITY  # noqa: E402
 from daemon.decision import Decider, DecisionConfig  # noqa: E402
 from daemon.demo import DEMO_CLIP, ENROL_FRAME  # noqa: E402
 from daemon.sources import make_source  # noqa: E402
 from daemon.tracker import Tracker  # noqa: E402
 from engines.align import align  # noqa: E402
-from engines.embedder import Embedder  # noqa: E402
+from engines.embedder import Embedder, distance  # noqa: E402
 from engines.face import Face  # noqa: E402
 from engines.images import load_image  # noqa: E402
+from engines.model_card import load_card  # noqa: E402
 from engines.mtcnn import DetectorConfig, MtcnnDetector  # noqa: E402
 from engines.quality import Quality, QualityLimits, measure, problems  # noqa: E402
 
@@ -87,8 +90,8 @@ def decoy_gallery(tsv: Path, detector: MtcnnDetector, embedder: Embedder) -> tup
     return np.array(vectors), names
 
 
-def search(probe: np.ndarray, vectors: np.ndarray, owners: np.ndarray, names: list[str]) -> SearchResult:
-    distances = np.linalg.norm(vectors - probe, axis=1)
+def search(probe: np.ndarray, vectors: np.ndarray, owners: np.ndarray, names: list[str], metric: str) -> SearchResult:
+    distances = distance(probe, vectors, metric)
     best_per_person = {}
     for owner, d in zip(owners, distances):
         best_per_person[owner] = min(best_per_person.get(owner, np.inf), d)
@@ -97,7 +100,7 @@ def search(probe: np.ndarray, vectors: np.ndarray, owners: np.ndarray, names: li
     return SearchResult(int(ranked[0][0]), names[ranked[0][0]], float(ranked[0][1]), float(runner_up))
 
 
-def replay(frames, vectors, owners, names, config: DecisionConfig, limits: QualityLimits):
+def replay(frames, vectors, owners, names, metric: str, config: DecisionConfig, limits: QualityLimits):
     tracker, decider = Tracker(), Decider(config)
     decisions = []
     for video_time, seen in frames:
@@ -105,11 +108,52 @@ def replay(frames, vectors, owners, names, config: DecisionConfig, limits: Quali
         for track, s in zip(tracks, seen):
             if track.decided or problems(s.quality, limits):
                 continue
-            decision = decider.observe(track, search(s.embedding, vectors, owners, names))
+            decision = decider.observe(track, search(s.embedding, vectors, owners, names, metric))
             if decision is not None:
                 decisions.append((video_time, decision))
         decider.forget({t.id for t in tracker.tracks})
     return decisions
+
+
+@dataclass(frozen=True)
+class Outcome:
+    first_grant: float | None  # clip time of the enrolled person's first grant
+    late_grants: int  # grants to them after they have left
+    decoy_grants: int  # grants to people who are not in the clip
+    unknown: int  # unknown-face reports
+
+
+class DoorReplay:
+    """The clip's faces detected and embedded once, the enrolled person and the decoys in a gallery:
+    any decision setting is then a cheap replay."""
+
+    def __init__(self, clip: Path, enrol_frame: int, decoys: Path, detector: MtcnnDetector, embedder: Embedder) -> None:
+        self.metric = embedder.card.metric
+        self.frames = observe_clip(clip, detector, embedder)
+        enrolled = max((s for t, seen in self.frames if round(t * 29.97) == enrol_frame for s in seen),
+                       key=lambda s: s.face.width)
+        vectors, self.names, owners = [enrolled.embedding], ["enrolled"], [0]
+        if decoys.exists():
+            decoy_vectors, identities = decoy_gallery(decoys, detector, embedder)
+            people = sorted(set(identities))
+            self.names += people
+            vectors += list(decoy_vectors)
+            owners += [1 + people.index(i) for i in identities]
+        else:
+            print(f"note: {decoys} absent: no decoy people in the gallery", file=sys.stderr)
+        self.vectors, self.owners = np.array(vectors), np.array(owners)
+
+    def outcome(self, config: DecisionConfig, limits: QualityLimits, last_seen: float) -> Outcome:
+        decisions = replay(self.frames, self.vectors, self.owners, self.names, self.metric, config, limits)
+        mine = [t for t, d in decisions if d.person_id == 0]
+        return Outcome(min(mine, default=None), sum(t > last_seen for t in mine),
+                       sum(d.person_id not in (None, 0) for _, d in decisions),
+                       sum(d.person_id is None for _, d in decisions))
+
+
+def door_limits(eye: float) -> QualityLimits:
+    """The door's quality gate (daemon.config.DOOR_QUALITY) with another minimum eye distance."""
+    return replace(DOOR_QUALITY, min_eye_distance=eye)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,39 +168,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kn", nargs="+", default=["2/3", "3/5", "4/6"], help="K/N settings")
     parser.add_argument("--margin", type=float, default=0.05)
     parser.add_argument("--min-face", type=float, default=40)
+    parser.add_argument("--card", type=Path, help="the embedder's model card (default: the one engines/models/DEFAULTS names)")
     args = parser.parse_args(argv)
 
     detector = MtcnnDetector(config=DetectorConfig(min_face_size=args.min_face))
-    embedder = Embedder.from_models()
-    frames = observe_clip(args.clip, detector, embedder)
-    enrolled = max((s for t, seen in frames if round(t * 29.97) == args.enrol_frame for s in seen),
-                   key=lambda s: s.face.width)
-    vectors, names = [enrolled.embedding], ["enrolled"]
-    owners = [0]
-    if args.decoys.exists():
-        decoys, identities = decoy_gallery(args.decoys, detector, embedder)
-        people = sorted(set(identities))
-        names += people
-        vectors += list(decoys)
-        owners += [1 + people.index(i) for i in identities]
-    else:
-        print(f"note: {args.decoys} absent: no decoy people in the gallery", file=sys.stderr)
-    vectors, owners = np.array(vectors), np.array(owners)
-    print(f"gallery: the enrolled person + {len(names) - 1} decoy people ({len(vectors) - 1} photos); "
-          f"{len(frames)} frames, {sum(len(s) for _, s in frames) / len(frames):.2f} faces per frame\n")
+    embedder = Embedder(load_card(args.card)) if args.card else Embedder.from_models()
+    door = DoorReplay(args.clip, args.enrol_frame, args.decoys, detector, embedder)
+    print(f"embedder {embedder.card.id}; gallery: the enrolled person + {len(door.names) - 1} decoy people "
+          f"({len(door.vectors) - 1} photos); {len(door.frames)} frames, "
+          f"{sum(len(s) for _, s in door.frames) / len(door.frames):.2f} faces per frame\n")
     print(f"{'threshold':>9} {'eye px':>6} {'K/N':>5} | {'first grant':>11} {'latency':>8} {'late grants':>11} "
           f"{'decoy grants':>12} {'unknown':>7}")
     for threshold, eye, kn in itertools.product(args.thresholds, args.eye, args.kn):
         k, n = (int(x) for x in kn.split("/"))
-        decisions = replay(frames, vectors, owners, names, DecisionConfig(threshold, args.margin, k, n),
-                           QualityLimits(min_eye_distance=eye, min_sharpness=0, min_score=0.9))
-        mine = [t for t, d in decisions if d.person_id == 0]
-        first = min(mine, default=None)
-        late = sum(t > args.last_seen for t in mine)
-        decoy = sum(d.person_id not in (None, 0) for _, d in decisions)
-        unknown = sum(d.person_id is None for _, d in decisions)
+        result = door.outcome(DecisionConfig(threshold, args.margin, k, n), door_limits(eye), args.last_seen)
+        first = result.first_grant
         shown = f"{first:10.2f}s {first - args.first_seen:7.2f}s" if first is not None else f"{'never':>11} {'-':>8}"
-        print(f"{threshold:9.2f} {eye:6.0f} {kn:>5} | {shown} {late:11d} {decoy:12d} {unknown:7d}")
+        print(f"{threshold:9.2f} {eye:6.0f} {kn:>5} | {shown} {result.late_grants:11d} {result.decoy_grants:12d} "
+              f"{result.unknown:7d}")
     return 0
 
 

