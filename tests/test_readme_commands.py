@@ -1,0 +1,114 @@
+"""The README's shell commands run as printed, so the README cannot drift from the tools.
+
+Every command line of README.md's ```sh blocks either runs here, in order, with temporary
+paths and the bundled demo data substituted, and must exit 0, or is listed in NOT_HERE
+with the reason it cannot run on a development machine. A new README line that is in
+neither place fails the test.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from daemon.config import EXAMPLE_PATH
+from daemon.events import EventLog
+from tests.conftest import DEMO_CLIP, REPO
+
+README = REPO / "README.md"
+
+# The start of each line that cannot run here, and why.
+NOT_HERE = {
+    "./facegate.sh test": "it is the command running this suite",
+    "./facegate.sh lock": "resolves the newest versions from PyPI and reruns this whole suite in a scratch venv",
+    "sudo ": "needs root on a door device: apt packages, /opt/facegate, /etc/facegate, systemd",
+    "sudoedit ": "edits the config under /etc on a door device (check-config on it runs above)",
+    "python tools/enroll_local.py --db /var/lib/facegate/gallery.db add \"Bob Stone\" --camera": "needs a camera",
+    "python tools/build_engine.py": "needs TensorRT and an NVIDIA GPU",
+    ".venv/bin/pip install": "installs the export extra (torch, dlib): tests/test_export.py reruns the conversion "
+                            "where it is installed",
+    ".venv/bin/python tools/export_models.py": "needs the export extra (torch, dlib), as above",
+    "diff /tmp/models/MANIFEST": "compares the output of the export above",
+}
+
+
+def shell_lines(markdown: str) -> list[str]:
+    """The command lines of every ```sh block, continuation lines joined, blank and comment lines left out."""
+    lines = []
+    for block in re.findall(r"^```sh\n(.*?)^```", markdown, flags=re.M | re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                lines.append(line.strip())
+    return lines
+
+
+def reason_not_here(line: str) -> str | None:
+    return next((reason for start, reason in NOT_HERE.items() if line.startswith(start)), None)
+
+
+@pytest.fixture
+def door_machine(tmp_path) -> dict[str, str]:
+    """What the README's paths stand for here: a state directory with the event log a running door
+    keeps, the example config as /etc/facegate/config.yaml, two photos of one person, the demo clip."""
+    state = tmp_path / "var-lib-facegate"
+    state.mkdir()
+    with EventLog(state / "events.db") as events:
+        events.record("start", door="front-door", reason="the door as the README finds it")
+    config = tmp_path / "config.yaml"
+    config.write_text(EXAMPLE_PATH.read_text().replace("/var/lib/facegate/", f"{state}/"))
+    astronaut = data.astronaut()
+    photos = []
+    for name, image in (("alice1.jpg", astronaut), ("alice2.jpg", astronaut[:, ::-1])):
+        Image.fromarray(np.ascontiguousarray(image)).save(tmp_path / name)
+        photos.append(str(tmp_path / name))
+    return {
+        "/var/lib/facegate/": f"{state}/",
+        "/etc/facegate/config.yaml": str(config),
+        "alice1.jpg alice2.jpg": " ".join(photos),
+        "door-recording.mp4": str(DEMO_CLIP),
+        " build/": f" {tmp_path}/build/",
+    }
+
+
+def here(line: str, substitutions: dict[str, str]) -> str:
+    for printed, local in substitutions.items():
+        line = line.replace(printed, local)
+    # `python` is the interpreter running the suite (the project's venv), whatever PATH says.
+    return re.sub(r"^(\.venv/bin/)?python ", f"{shlex.quote(sys.executable)} ", line)
+
+
+def test_every_runnable_readme_command_exits_0(door_machine):
+    lines = shell_lines(README.read_text())
+    runnable = [line for line in lines if reason_not_here(line) is None]
+    assert runnable, "README.md has no shell command to run"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for line in runnable:
+        result = subprocess.run(["bash", "-c", here(line, door_machine)], cwd=REPO, env=env, capture_output=True,
+                                text=True, stdin=subprocess.DEVNULL, timeout=600)
+        assert result.returncode == 0, f"README line {line!r} exited {result.returncode}:\n" \
+                                       f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+
+
+def test_every_readme_command_that_cannot_run_here_is_still_in_the_readme():
+    lines = shell_lines(README.read_text())
+    stale = [start for start in NOT_HERE if not any(line.startswith(start) for line in lines)]
+    assert not stale, f"NOT_HERE lists lines the README no longer has: {stale}"
+
+
+def test_shell_lines_joins_continuations_and_drops_comments():
+    markdown = "text\n```sh\n# a comment\npython a.py \\\n  --flag  # why\n\nls\n```\n```python\nx = 1\n```\n"
+    assert shell_lines(markdown) == ["python a.py    --flag  # why", "ls"]
+
+
+def test_a_failing_readme_line_would_be_caught(door_machine):
+    result = subprocess.run(["bash", "-c", here("python tools/events.py --db /var/lib/facegate/missing.db list",
+                                                door_machine)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 1 and "no event log" in result.stderr
