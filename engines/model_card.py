@@ -2,7 +2,9 @@
 
 A new embedding model (an ArcFace 112x112 ONNX, say) is a new card, not new
 code: input size, channel order, normalisation, alignment template, metric and
-threshold all come from here.
+threshold all come from here. Likewise a liveness net: the crop around the face
+box, which class is "live", how its score combines with the other liveness nets'
+and the threshold on the combined score.
 """
 from __future__ import annotations
 
@@ -14,8 +16,11 @@ import numpy as np
 import yaml
 
 CARD_VERSION = 1
-ROLES = ("pnet", "rnet", "onet", "embedder")
+ROLES = ("pnet", "rnet", "onet", "embedder", "liveness")
 METRICS = ("euclidean", "cosine")
+# How the liveness nets of a folder combine: "mean", the mean over the nets of each one's probability of
+# its live class (upstream Silent-Face-Anti-Spoofing sums the nets' softmaxes; the mean keeps it in [0, 1]).
+LIVENESS_COMBINE = ("mean",)
 
 
 class ModelCardError(ValueError):
@@ -26,6 +31,13 @@ class ModelCardError(ValueError):
 class Alignment:
     chip_size: tuple[int, int]  # width, height
     template: np.ndarray  # 5x2 landmark positions in chip pixels
+
+
+@dataclass(frozen=True)
+class Liveness:
+    crop_scale: float  # the face box scaled this much around its centre (kept inside the frame) is the input
+    live_class: int  # index of the "live" class in the output probabilities
+    combine: str  # one of LIVENESS_COMBINE: how this net's live probability joins the other nets'
 
 
 @dataclass(frozen=True)
@@ -44,10 +56,12 @@ class ModelCard:
     normalize: bool
     # Embed each chip and its horizontal mirror and average the two (embedding.flip_average, default false).
     flip_average: bool
+    # embedder: the largest distance that matches; liveness: the least combined live score judged live.
     threshold: float | None
     threshold_source: str | None
     embedding_dim: int | None
     alignment: Alignment | None
+    liveness: Liveness | None
     source: dict[str, str]
     licence: str
 
@@ -124,8 +138,10 @@ def read_defaults(models_dir: Path) -> dict[str, str]:
 class _Reader:
     """Reads values by key path so every error names the key, the value and what is allowed."""
 
-    KEYS = {"card_version", "id", "role", "file", "input", "outputs", "embedding", "alignment",
+    KEYS = {"card_version", "id", "role", "file", "input", "outputs", "embedding", "alignment", "liveness",
             "source", "licence"}
+    # The section each role's own fields live in (threshold and threshold_source among them).
+    SECTIONS = {"embedder": "embedding", "liveness": "liveness"}
 
     def __init__(self, path: Path, raw: Any) -> None:
         self.path = Path(path)
@@ -180,6 +196,7 @@ class _Reader:
             self.fail("input.scale", scale, "a positive number")
         outputs = self.get("outputs", dict)
         embedder = role == "embedder"
+        section = self.SECTIONS.get(role)
         return ModelCard(
             path=self.path, id=self.get("id", str), role=role, file=self.get("file", str),
             input_name=self.get("input.name", str),
@@ -189,10 +206,11 @@ class _Reader:
             metric=self._metric() if embedder else None,
             normalize=bool(self.get("embedding.normalize", bool)) if embedder else False,
             flip_average=bool(self.get("embedding.flip_average", bool, required=False)) if embedder else False,
-            threshold=float(self.get("embedding.threshold", (int, float))) if embedder else None,
-            threshold_source=self.get("embedding.threshold_source", str) if embedder else None,
+            threshold=self._threshold(section) if section else None,
+            threshold_source=self.get(f"{section}.threshold_source", str) if section else None,
             embedding_dim=self.get("embedding.dim", int) if embedder else None,
             alignment=self._alignment() if embedder else None,
+            liveness=self._liveness() if role == "liveness" else None,
             source={str(k): str(v) for k, v in self.get("source", dict).items()},
             licence=self.get("licence", str))
 
@@ -201,6 +219,24 @@ class _Reader:
         if metric not in METRICS:
             self.fail("embedding.metric", metric, f"one of {list(METRICS)}")
         return metric
+
+    def _threshold(self, section: str) -> float:
+        threshold = float(self.get(f"{section}.threshold", (int, float)))
+        if section == "liveness" and not 0.0 <= threshold <= 1.0:
+            self.fail("liveness.threshold", threshold, "a number from 0 to 1 (a combined live probability)")
+        return threshold
+
+    def _liveness(self) -> Liveness:
+        scale = self.get("liveness.crop_scale", (int, float))
+        if scale <= 0:
+            self.fail("liveness.crop_scale", scale, "a positive number")
+        live = self.get("liveness.live_class", int)
+        if live < 0:
+            self.fail("liveness.live_class", live, "a class index >= 0")
+        combine = self.get("liveness.combine", str)
+        if combine not in LIVENESS_COMBINE:
+            self.fail("liveness.combine", combine, f"one of {list(LIVENESS_COMBINE)}")
+        return Liveness(crop_scale=float(scale), live_class=live, combine=combine)
 
     def _alignment(self) -> Alignment:
         size = self.numbers("alignment.chip_size", (2,))

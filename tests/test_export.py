@@ -1,4 +1,5 @@
-"""Rerunning the converter reproduces the committed models byte for byte; the exported SFace equals the published one."""
+"""Rerunning the converter reproduces the committed models byte for byte; the exported SFace equals the published
+one; the MiniFASNet liveness nets equal a re-implementation of upstream's PyTorch modules."""
 from __future__ import annotations
 
 import importlib
@@ -107,3 +108,69 @@ def test_the_exported_sface_has_a_dynamic_batch_and_no_initializer_inputs():
     for value in [*graph.input, *graph.output]:
         assert value.type.tensor_type.shape.dim[0].dim_param == "batch", value.name
     assert not [node.name for node in graph.node if node.op_type == "Reshape"]  # Flatten keeps the batch
+
+
+# --- MiniFASNet liveness nets: need torch (the export extra) and the published weights ------------------
+
+MINIFASNET_UPSTREAM = SHARED / "models" / "minifasnet"
+MINIFASNET_FILES = ("minifasnet_v2_2.7.onnx", "minifasnet_v1se_4.0.onnx")
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                 reason="torch is not installed: the MiniFASNet weights are PyTorch state dicts "
+                                        "(pip install -e '.[export]')")
+needs_minifasnet = pytest.mark.skipif(not (MINIFASNET_UPSTREAM / "2.7_80x80_MiniFASNetV2.pth").exists(),
+                                      reason=f"{MINIFASNET_UPSTREAM} is absent: the published weights are only on "
+                                             "development machines")
+
+
+@needs_torch
+@needs_minifasnet
+def test_minifasnet_export_reproduces_the_committed_files(tmp_path):
+    result = export(tmp_path, "--only", "minifasnet")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = printed_rows(result.stdout)
+    committed = manifest.read_manifest(MODELS)
+    assert list(rows) == list(MINIFASNET_FILES)
+    assert manifest.read_manifest(tmp_path) == {name: committed[name] for name in MINIFASNET_FILES}
+    for name in MINIFASNET_FILES:
+        assert (tmp_path / name).read_bytes() == (MODELS / name).read_bytes()
+        assert rows[name][1] < 1e-5, name
+
+
+@needs_torch
+@needs_minifasnet
+def test_the_committed_minifasnets_equal_the_reference_on_real_faces(converters, shared_data):
+    """The committed ONNX (batch N) against upstream's modules re-implemented in PyTorch, on the door's crops
+    (engines.liveness) of MTCNN faces: the Silent-Face live and spoof samples and the reference photos."""
+    export_models, _ = converters
+    minifasnet = importlib.import_module("converters.minifasnet")
+    from engines.liveness import liveness_crop
+    from engines.mtcnn import MtcnnDetector
+
+    samples = shared_data / "sets" / "silent_face_antispoofing" / "images"
+    photos = [load_image(path) for path in sorted(samples.glob("*.jpg"))]
+    for net in minifasnet.NETS:
+        card = load_card(MODELS / net.onnx_file.replace(".onnx", ".yaml"))
+        with MtcnnDetector(MODELS) as detector:
+            crops = [liveness_crop(rgb, face.box, card.liveness.crop_scale, card.input_size)
+                     for rgb in photos for face in detector.detect(rgb)]
+        batch = np.concatenate([card.preprocess(np.stack(crops)), export_models.liveness_reference_batch(card.path)])
+        ours = minifasnet.onnx_probabilities((MODELS / net.onnx_file).read_bytes(), batch)
+        theirs = minifasnet.reference_probabilities(net.architecture, MINIFASNET_UPSTREAM / net.source_file, batch)
+        assert ours.shape == theirs.shape == (len(batch), 3) and len(crops) >= 3
+        assert np.abs(ours - theirs).max() < 1e-5
+        assert ours[:, 1].max() > 0.9 and ours[:, 1].min() < 0.1  # live and spoof faces both in the batch
+
+
+@needs_torch
+@needs_minifasnet
+def test_minifasnet_refuses_weights_other_than_the_published_ones(tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for path in MINIFASNET_UPSTREAM.glob("*.pth"):
+        (folder / path.name).write_bytes(path.read_bytes())
+    changed = folder / "4_0_0_80x80_MiniFASNetV1SE.pth"
+    changed.write_bytes(changed.read_bytes()[:-1] + b"\0")
+    result = export(tmp_path / "out", "--only", "minifasnet", "--minifasnet", str(folder))
+    assert result.returncode == 1
+    assert "is not the published 4_0_0_80x80_MiniFASNetV1SE.pth's 84ee1d37" in result.stderr
+    assert not (tmp_path / "out").exists()  # checked before anything is written

