@@ -135,7 +135,7 @@ def detector():
 
 def test_the_checker_uses_both_nets_and_the_cards_threshold(checker):
     assert sorted(card.id for card in checker.cards) == ["minifasnet-v1se-4.0", "minifasnet-v2-2.7"]
-    assert checker.threshold == 0.5 and "upstream" in checker.threshold_source
+    assert checker.threshold == 0.5 and "tools/evaluate_liveness.py" in checker.threshold_source
     assert checker.is_live(0.5) and not checker.is_live(0.4999)
 
 
@@ -324,7 +324,7 @@ def test_evaluate_liveness_reports_the_iso_measures_on_a_labelled_fixture(evalua
             "bpcer_at_apcer_0.05", "target", "per_attack", "per_source", "apcer_worst_attack"} <= set(report)
     assert (report["live"], report["spoof"], report["live_scored"], report["spoof_scored"]) == (2, 2, 2, 1)
     assert report["no_face"] == ["img/wall.png"] and report["errors"] == []
-    assert report["threshold"] == 0.5 and "upstream" in report["threshold_source"]
+    assert report["threshold"] == 0.5 and "tools/evaluate_liveness.py" in report["threshold_source"]
     items = {item["path"]: item for item in report["items"]}
     assert items["img/wall.png"]["score"] is None
     video = items["walk.avi"]
@@ -381,3 +381,21 @@ def test_the_liveness_measures_on_hand_counted_scores(evaluate_liveness):
     assert evaluate_liveness.at_apcer(curve, 0.2)["threshold"] == 0.3  # 0.7 passes, 0.2 does not
     thresholds, apcer, bpcer = curve
     assert (np.diff(apcer) <= 0).all() and (np.diff(bpcer) >= 0).all() and apcer[-1] == 0 and bpcer[-1] == 1
+
+
+def test_evaluate_liveness_reports_candidates_tracks_and_selects_rows(evaluate_liveness, fixture_set, capsys):
+    status, report = run_json(evaluate_liveness, capsys, fixture_set, "--select", "live|replay|walk", "--sequences",
+                              "--at", "0.3")
+    assert status == 0 and (report["live"], report["spoof"]) == (2, 1)  # wall.png is not selected
+    assert [c["name"] for c in report["candidates"]] == ["cards", "APCER <= 1%", "APCER <= 5%", "--at 0.3"]
+    cards = report["candidates"][0]
+    assert (cards["threshold"], cards["apcer"], cards["bpcer"]) == (0.5, report["apcer"], report["bpcer"])
+    assert set(cards["per_attack"]) == {"replay"} and set(cards["per_source"]) == {"skimage", "synthetic"}
+    items = {item["path"]: item for item in report["items"]}
+    assert len(items["walk.avi"]["frame_scores"]) == 3 and len(items["img/live.png"]["landmarks"]) == 5
+    sequences = report["sequences"]
+    assert sequences["tracks"] == 1 and sequences["per_track"][0]["name"] == "walk.avi"  # the video; lone photos are not
+    assert sequences["pooled"]["single frame"]["live"] == 3 and sequences["pooled"]["median"]["live"] == 1
+    assert sequences["per_track"][0]["median"] == pytest.approx(items["walk.avi"]["score"])
+    assert evaluate_liveness.main([str(fixture_set), "--select", "nothing-matches"]) == 2
+    assert "no manifest path matches" in capsys.readouterr().err

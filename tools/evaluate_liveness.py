@@ -20,11 +20,22 @@ liveness cards' threshold). Reported:
   attack), the same per attack type and per source (the source column up to its '@'),
   presentations where no face was found (left out of the rates, listed), and the threshold
   for --target-apcer. --det writes the DET curve (BPCER against log APCER) as a PNG.
+  Candidate thresholds: the figures (pooled, per attack type, per source) at the cards'
+  threshold, at those for APCER 1% and 5%, and at each --at value.
+
+--select REGEX measures only the rows whose path matches (the door-like full frames of the
+development set: 'imironica|Silent-Face|^videos/'). --sequences adds temporal evidence:
+every video, and every group of images numbered as frames of one recording (same name up
+to a trailing frame number, same label, attack and source), is a track, judged by each
+track statistic of its frames' scores (median, mean, quantiles 0.25 and 0.10, min) beside
+every frame judged alone, and by landmark non-rigidity (how far the 5 landmarks are from
+one affine map between frames: a flat picture's are not), pooled and per source.
 
 examples:
   python tools/evaluate_liveness.py ../shared/data/sets/spoof_dev/MANIFEST.tsv
   python tools/evaluate_liveness.py ../shared/data/sets/spoof_dev/MANIFEST.tsv --det det.png --target-apcer 0.01
   python tools/evaluate_liveness.py my_set.tsv --root /data/pad --json > pad.json
+  python tools/evaluate_liveness.py MANIFEST.tsv --select 'imironica|Silent-Face|^videos/' --sequences --at 0.3 0.4
 
 exit status: 0 measured, 1 nothing to measure (no live or no attack presentation scored), 2 usage error.
 """
@@ -34,6 +45,7 @@ import argparse
 import csv
 import hashlib
 import json
+import re
 import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -47,8 +59,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines import evaluation as ev  # noqa: E402
 from engines.errors import ImageError  # noqa: E402
+from engines.face import Face  # noqa: E402
 from engines.images import load_image  # noqa: E402
 from engines.liveness import LivenessChecker  # noqa: E402
+from engines.liveness_temporal import track_live_score  # noqa: E402
 from engines.manifest import MODELS_DIR  # noqa: E402
 from engines.mtcnn import DetectorConfig, MtcnnDetector  # noqa: E402
 from tools.evaluate import write_curve_png  # noqa: E402
@@ -74,6 +88,10 @@ class Item:
     frames: int | None = None  # videos: frames read
     frames_scored: int | None = None  # videos: frames with a face
     error: str | None = None
+    box: list[float] | None = None  # images: the scored face's (x1, y1, x2, y2)
+    landmarks: list[list[float]] | None = None  # images: its 5 landmarks
+    frame_scores: list[float] | None = None  # videos: each scored frame's score, in frame order
+    frame_landmarks: list[list[list[float]]] | None = None  # videos: each scored frame's 5 landmarks
 
 
 def read_manifest(path: Path, root: Path | None) -> tuple[list[dict[str, str]], Path]:
@@ -90,6 +108,18 @@ def read_manifest(path: Path, root: Path | None) -> tuple[list[dict[str, str]], 
     return rows, root or path.parent
 
 
+def select_rows(rows: list[dict[str, str]], pattern: str) -> list[dict[str, str]]:
+    """The rows whose path matches the regular expression (re.search)."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as error:
+        raise UsageError(f"--select {pattern!r}: not a regular expression: {error}") from None
+    chosen = [row for row in rows if compiled.search(row["path"])]
+    if not chosen:
+        raise UsageError(f"--select {pattern!r}: no manifest path matches")
+    return chosen
+
+
 def source_name(source: str) -> str:
     """A source column's repository or collection: what comes before '@' (a commit) or ':' (a file)."""
     return source.split("@", 1)[0].split(":", 1)[0] or "unknown"
@@ -101,19 +131,23 @@ class Scorer:
     def __init__(self, detector: MtcnnDetector, checker: LivenessChecker) -> None:
         self.detector, self.checker = detector, checker
 
-    def frame(self, rgb: np.ndarray) -> float | None:
+    def frame(self, rgb: np.ndarray) -> tuple[float, Face] | None:
         faces = self.detector.detect(rgb)
         largest = ev.select_face(faces, rgb.shape, "largest")
-        return None if largest is None else float(self.checker.score(rgb, [largest])[0])
+        return None if largest is None else (float(self.checker.score(rgb, [largest])[0]), largest)
 
     def image(self, path: Path, item: Item) -> None:
-        item.score = self.frame(load_image(path))
+        scored = self.frame(load_image(path))
+        if scored is not None:
+            item.score = scored[0]
+            item.box = [round(float(v), 2) for v in scored[1].box[:4]]
+            item.landmarks = np.round(scored[1].landmarks.astype(np.float64), 2).tolist()
 
     def video(self, path: Path, item: Item, stride: int) -> None:
         capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
             raise ImageError(f"{path}: not a readable video")
-        scores, frames = [], 0
+        scores, landmarks, frames = [], [], 0
         try:
             while True:
                 ok, bgr = capture.read()
@@ -121,13 +155,15 @@ class Scorer:
                     break
                 frames += 1
                 if (frames - 1) % stride == 0:
-                    score = self.frame(np.ascontiguousarray(bgr[..., ::-1]))
-                    if score is not None:
-                        scores.append(score)
+                    scored = self.frame(np.ascontiguousarray(bgr[..., ::-1]))
+                    if scored is not None:
+                        scores.append(scored[0])
+                        landmarks.append(np.round(scored[1].landmarks.astype(np.float64), 2).tolist())
         finally:
             capture.release()
         item.frames, item.frames_scored = frames, len(scores)
-        item.score = float(np.median(scores)) if scores else None
+        item.score = track_live_score(scores) if scores else None
+        item.frame_scores, item.frame_landmarks = [round(v, 6) for v in scores], landmarks
 
 
 def score_all(rows: list[dict[str, str]], root: Path, scorer: Scorer, stride: int,
@@ -238,6 +274,153 @@ def evaluate(items: list[Item], threshold: float, target_apcer: float) -> tuple[
     return report, curve
 
 
+# --- tracks: temporal evidence (--sequences) -------------------------------------------------------------
+
+# Track statistics compared by --sequences: each turns a track's per-frame live scores into one score.
+TRACK_STATISTICS: dict[str, Callable[[np.ndarray], float]] = {
+    "median": track_live_score,  # the door's (engines/liveness_temporal.py)
+    "mean": lambda s: float(np.mean(s)),
+    "quantile 0.25": lambda s: float(np.quantile(s, 0.25)),
+    "quantile 0.10": lambda s: float(np.quantile(s, 0.10)),
+    "min": lambda s: float(np.min(s)),
+}
+_FRAME_NUMBER = re.compile(r"^(?P<stem>(?:.*[_\-.])?)(?P<number>\d+)$")  # the number after a separator
+
+
+@dataclass
+class Track:
+    """One presentation seen over several frames: a video, or images numbered as frames of one recording."""
+    name: str
+    label: str
+    attack: str
+    source: str
+    scores: list[float]
+    landmarks: list[np.ndarray]  # 5x2 per frame, frame order
+
+
+def sequence_key(path: str) -> tuple[str, int] | None:
+    """(sequence, frame number) of an image named as a frame of a recording: the file name's trailing number,
+    after a separator (_ - .) or as the whole name, is the frame (NUAA's SSSS_GG_PP_SS_FFF.jpg, a tutorial's
+    dataset__real__17.png), the rest names the sequence; None otherwise (image_T1.jpg is a photo of its own)."""
+    stem_path = Path(path)
+    match = _FRAME_NUMBER.match(stem_path.stem)
+    if not match:
+        return None
+    return str(stem_path.parent / match["stem"]), int(match["number"])
+
+
+def build_tracks(items: list[Item]) -> list[Track]:
+    """Every video with two or more scored frames, and every group of two or more scored images of one sequence
+    (sequence_key) with the same label, attack and source, in frame order."""
+    tracks = []
+    for item in items:
+        if item.kind == "video" and item.frame_scores and len(item.frame_scores) >= 2:
+            tracks.append(Track(item.path, item.label, item.attack, item.source, list(item.frame_scores),
+                                [np.asarray(l, np.float64) for l in item.frame_landmarks]))
+    groups: dict[tuple, list[tuple[int, Item]]] = defaultdict(list)
+    for item in items:
+        key = sequence_key(item.path) if item.kind == "image" and item.score is not None else None
+        if key is not None and item.landmarks is not None:
+            groups[(key[0], item.label, item.attack, item.source)].append((key[1], item))
+    for (name, label, attack, source), members in sorted(groups.items()):
+        if len(members) >= 2:
+            members.sort(key=lambda m: m[0])
+            tracks.append(Track(name, label, attack, source, [m[1].score for m in members],
+                                [np.asarray(m[1].landmarks, np.float64) for m in members]))
+    return tracks
+
+
+def affine_residual(reference: np.ndarray, landmarks: np.ndarray) -> float:
+    """How far 5 landmarks are from an affine image of the reference's: the RMS residual of the least-squares
+    affine map, over the eye distance. A flat picture moved in front of the camera (far from it) keeps it near
+    the detector's noise; a turning head moves its nose against the eye and mouth corners."""
+    design = np.hstack([reference, np.ones((len(reference), 1))])
+    solution, *_ = np.linalg.lstsq(design, landmarks, rcond=None)
+    residual = landmarks - design @ solution
+    eye_distance = max(float(np.linalg.norm(landmarks[1] - landmarks[0])), 1e-6)
+    return float(np.sqrt(np.mean(np.sum(residual ** 2, axis=1)))) / eye_distance
+
+
+def track_nonrigidity(landmarks: list[np.ndarray]) -> float:
+    """Median over the track's frame pairs of affine_residual: 0 for a rigid flat picture, higher for a head."""
+    values = [affine_residual(landmarks[i], landmarks[j])
+              for i in range(len(landmarks)) for j in range(i + 1, len(landmarks))]
+    return float(np.median(values)) if values else 0.0
+
+
+def _rates_row(live: list[float], spoof: list[float], threshold: float | None) -> dict:
+    live_a, spoof_a = np.asarray(live, np.float64), np.asarray(spoof, np.float64)
+    apcer, bpcer = rates(live_a, spoof_a, threshold) if threshold is not None else (None, None)
+    return {"live": len(live), "spoof": len(spoof), "apcer": apcer, "bpcer": bpcer,
+            "auc": roc_auc(live_a, spoof_a) if len(live) and len(spoof) else None}
+
+
+def sequences_report(tracks: list[Track], threshold: float) -> dict:
+    """Per-track figures of each statistic (and of every single frame of the tracks), pooled and per source."""
+    def block(subset: list[Track]) -> dict:
+        out = {"single frame": _rates_row([s for t in subset if t.label == "live" for s in t.scores],
+                                          [s for t in subset if t.label == "spoof" for s in t.scores], threshold)}
+        for name, statistic in TRACK_STATISTICS.items():
+            out[name] = _rates_row([statistic(np.asarray(t.scores)) for t in subset if t.label == "live"],
+                                   [statistic(np.asarray(t.scores)) for t in subset if t.label == "spoof"], threshold)
+        # Landmark non-rigidity is its own score (live higher): AUC only, no threshold of its own yet.
+        out["landmark non-rigidity"] = _rates_row(
+            [track_nonrigidity(t.landmarks) for t in subset if t.label == "live"],
+            [track_nonrigidity(t.landmarks) for t in subset if t.label == "spoof"], None)
+        return out
+
+    by_source: dict[str, list[Track]] = defaultdict(list)
+    for track in tracks:
+        by_source[track.source].append(track)
+    return {"threshold": threshold, "tracks": len(tracks), "pooled": block(tracks),
+            "per_source": {name: block(group) for name, group in sorted(by_source.items())},
+            "per_track": [{"name": t.name, "label": t.label, "attack": t.attack, "source": t.source,
+                           "frames": len(t.scores), "single_frame_min": min(t.scores), "single_frame_max": max(t.scores),
+                           **{name: statistic(np.asarray(t.scores)) for name, statistic in TRACK_STATISTICS.items()},
+                           "landmark_nonrigidity": track_nonrigidity(t.landmarks)} for t in tracks]}
+
+
+def print_sequences(report: dict) -> None:
+    print(f"\ntracks (--sequences): {report['tracks']} (videos, and numbered images of one recording), "
+          f"threshold {report['threshold']:.4f}; landmark non-rigidity: AUC only")
+    for title, block in [("pooled", report["pooled"])] + list(report["per_source"].items()):
+        print(f"  {title}:")
+        print(f"    {'statistic':24} {'live':>5} {'attack':>6} {'APCER':>7} {'BPCER':>7} {'AUC':>7}")
+        for name, row in block.items():
+            auc = "-" if row["auc"] is None else f"{row['auc']:.3f}"
+            print(f"    {name:24} {row['live']:5d} {row['spoof']:6d} {_percent(row['apcer']):>7} "
+                  f"{_percent(row['bpcer']):>7} {auc:>7}")
+
+
+def candidates_report(items: list[Item], thresholds: dict[str, float]) -> list[dict]:
+    """ISO/IEC 30107-3 figures at each named candidate threshold: pooled, per attack type and per source."""
+    out = []
+    for name, threshold in thresholds.items():
+        pooled = group_report(items, threshold)
+        by_attack: dict[str, list[Item]] = defaultdict(list)
+        by_source: dict[str, list[Item]] = defaultdict(list)
+        for item in items:
+            by_attack[item.attack].append(item)
+            by_source[item.source].append(item)
+        out.append({"name": name, "threshold": threshold, "apcer": pooled["apcer"], "bpcer": pooled["bpcer"],
+                    "acer": pooled["acer"],
+                    "per_attack": {a: group_report(g, threshold)["apcer"] for a, g in sorted(by_attack.items())
+                                   if any(i.label == "spoof" for i in g)},
+                    "per_source": {n: {k: group_report(g, threshold)[k] for k in ("apcer", "bpcer")}
+                                   for n, g in sorted(by_source.items())}})
+    return out
+
+
+def print_candidates(candidates: list[dict]) -> None:
+    print("\ncandidate thresholds (APCER per attack type; APCER/BPCER per source):")
+    for c in candidates:
+        attacks = ", ".join(f"{a} {_percent(v)}" for a, v in c["per_attack"].items())
+        print(f"  {c['name']:22} {c['threshold']:.4f}: APCER {_percent(c['apcer'])}, BPCER {_percent(c['bpcer'])}, "
+              f"ACER {_percent(c['acer'])}; {attacks}")
+        for source, r in c["per_source"].items():
+            print(f"  {'':22}   {source[:40]:40} {_percent(r['apcer']):>7} {_percent(r['bpcer']):>7}")
+
+
 # --- output ------------------------------------------------------------------------------------------
 
 def _percent(value: float | None) -> str:
@@ -301,11 +484,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-face", type=float, default=20.0, help="smallest face to detect, pixels (default: 20)")
     parser.add_argument("--video-stride", type=int, default=1, metavar="N",
                         help="score every Nth frame of a video (default: every frame)")
+    parser.add_argument("--select", metavar="REGEX",
+                        help="measure only the manifest rows whose path matches (re.search), e.g. the door-like "
+                             "full frames: 'imironica|Silent-Face|^videos/'")
+    parser.add_argument("--at", type=_fraction, nargs="+", default=[], metavar="T",
+                        help="also report the figures at these thresholds, beside the cards' and those for "
+                             "APCER 1%% and 5%% (JSON key 'candidates')")
+    parser.add_argument("--sequences", action="store_true",
+                        help="also judge tracks (videos, numbered frames of one recording) by each track statistic "
+                             "and by landmark non-rigidity, pooled and per source (JSON key 'sequences')")
     args = parser.parse_args(argv)
     if args.video_stride < 1:
         parser.error(f"--video-stride {args.video_stride}: expected >= 1")
     try:
         rows, root = read_manifest(args.manifest, args.root)
+        if args.select:
+            rows = select_rows(rows, args.select)
     except UsageError as error:
         print(f"evaluate_liveness.py: error: {error}", file=sys.stderr)
         return 2
@@ -319,6 +513,13 @@ def main(argv: list[str] | None = None) -> int:
     report, curve = evaluate(items, threshold, args.target_apcer)
     report["threshold_source"] = source
     report["cards"] = cards
+    if curve is not None:
+        named = {"cards" if args.threshold is None else "--threshold": threshold,
+                 "APCER <= 1%": at_apcer(curve, 0.01)["threshold"], "APCER <= 5%": at_apcer(curve, 0.05)["threshold"]}
+        named.update({f"--at {t:g}": t for t in args.at})
+        report["candidates"] = candidates_report(items, named)
+    if args.sequences:
+        report["sequences"] = sequences_report(build_tracks(items), threshold)
     if curve is not None and args.det:
         write_det_png(curve, args.det, f"{args.manifest.parent.name}: AUC {report['auc']:.4f}")
         report["det_png"] = str(args.det)
@@ -326,6 +527,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
     else:
         print_report(report)
+        if "candidates" in report:
+            print_candidates(report["candidates"])
+        if "sequences" in report:
+            print_sequences(report["sequences"])
         if report.get("det_png"):
             print(f"\nDET curve written to {args.det}")
     if curve is None:
