@@ -18,14 +18,14 @@ from daemon.policy import Policy
 from daemon.settings import ConfigError, Section
 from daemon.sources import SourceConfig, parse_source_config
 from engines.manifest import MODELS_DIR
-from engines.model_card import ModelCard, ModelCardError, find_card, load_card
+from engines.model_card import ModelCard, ModelCardError, cards_of, find_card, load_card
 from engines.mtcnn import DetectorConfig
 from engines.quality import QualityLimits
 
 DEFAULT_PATH = Path("/etc/facegate/config.yaml")
 EXAMPLE_PATH = Path(__file__).resolve().parent / "config.example.yaml"
-SECTIONS = {"camera", "detector", "embedder", "quality", "gallery", "decision", "door", "policy", "events",
-            "logging", "watchdog"}
+SECTIONS = {"camera", "detector", "embedder", "quality", "gallery", "decision", "liveness", "door", "policy",
+            "events", "logging", "watchdog"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -42,6 +42,22 @@ class GallerySettings:
     path: Path
     index: str  # 'flat' (exact) or an approximate kind
     refresh_seconds: float
+
+
+@dataclass(frozen=True)
+class LivenessSettings:
+    """Presentation-attack detection in the door's decision (daemon/decision.py: the median live
+    score of the frames that voted for the person must reach threshold)."""
+
+    enabled: bool
+    threshold: float | None  # None only when disabled and no liveness card is installed
+    models_dir: Path | None  # the folder whose liveness cards (and models) score faces
+    threshold_source: str  # where threshold came from, for the log
+
+    @property
+    def live_threshold(self) -> float | None:
+        """What the Decider checks: the threshold, or None when liveness is off."""
+        return self.threshold if self.enabled else None
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,7 @@ class Config:
     quality: QualityLimits
     gallery: GallerySettings
     decision: DecisionConfig
+    liveness: LivenessSettings
     tracker_iou: float
     track_max_age: float
     door: DoorConfig
@@ -101,6 +118,7 @@ def parse(raw: Any, path: Path | None = None) -> Config:
         quality=_quality(top.section("quality", set(QualityLimits.__dataclass_fields__))),
         gallery=_gallery(top.section("gallery", {"path", "index", "refresh_seconds"}), state),
         decision=_decision(decision, embedder),
+        liveness=_liveness(top.section("liveness", {"enabled", "threshold", "models_dir"}), models),
         tracker_iou=decision.number("tracker_iou", 0.3, low=0.01, high=1),
         track_max_age=decision.number("track_max_age", 1.0, low=0.05, high=60),
         door=DoorConfig.from_config(top.raw.get("door"), "door"),
@@ -126,6 +144,47 @@ def _decision(section: Section, embedder: ModelCard) -> DecisionConfig:
             n=section.number("n", 5, low=1, high=100, integer=True))
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def _liveness(section: Section, models: Models) -> LivenessSettings:
+    """liveness.models_dir (null: detector.models_dir where it holds liveness cards, else the shipped
+    engines/models); threshold (null: the cards' liveness.threshold)."""
+    enabled = section.get("enabled", bool, True)
+    given = section.get("models_dir", str, None)
+    if given is not None:
+        folder = Path(given)
+        if not folder.is_dir():
+            section.fail("models_dir", given, "an existing folder holding the liveness models and their cards")
+        cards = _liveness_cards(section, folder)
+        if not cards and enabled:
+            section.fail("models_dir", given, "a folder with model cards of role 'liveness' (engines/models has "
+                                              "them), or liveness.enabled: false")
+    else:
+        folder = models.models_dir
+        cards = _liveness_cards(section, folder)
+        if not cards and folder.resolve() != MODELS_DIR.resolve():
+            # A models folder of its own from before liveness: the shipped nets judge its faces.
+            folder, cards = MODELS_DIR, _liveness_cards(section, MODELS_DIR)
+        if not cards and enabled:
+            section.fail("enabled", enabled, f"false: neither detector.models_dir ({models.models_dir}) nor "
+                                              f"{MODELS_DIR} holds model cards of role 'liveness'")
+    thresholds = {card.threshold for card in cards}
+    if len(thresholds) > 1:
+        raise ConfigError(f"liveness: the liveness cards in {folder} disagree on liveness.threshold "
+                          f"({', '.join(f'{c.path.name} {c.threshold}' for c in cards)}): fix the cards")
+    default = cards[0].threshold if cards else None
+    threshold = section.number("threshold", default, low=0, high=1)
+    source = ("liveness.threshold in the config" if section.raw.get("threshold") is not None
+              else f"the liveness cards' liveness.threshold ({', '.join(c.path.name for c in cards)})" if cards
+              else "none: no liveness card installed")
+    return LivenessSettings(enabled, threshold, folder if cards else None, source)
+
+
+def _liveness_cards(section: Section, folder: Path) -> list[ModelCard]:
+    try:
+        return cards_of(folder, "liveness")
+    except (ModelCardError, OSError) as error:
+        raise ConfigError(f"{section.path}: the liveness model cards in {folder} cannot be read: {error}") from error
 
 
 def _models(detector: Section) -> Models:

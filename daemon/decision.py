@@ -1,4 +1,16 @@
-"""Multi-frame decision: who a track is, decided once, from K agreeing frames of N."""
+"""Multi-frame decision: who a track is, decided once, from K agreeing frames of N, and
+whether those frames show a live face.
+
+Liveness (presentation-attack detection, engines/liveness.py) is judged over the same
+frames as identity: the frames of the window that voted for the person. The statistic is
+their median live score (engines/liveness_temporal.py, where it was measured). A door track of a real person has a few odd frames (motion blur,
+a box that jitters onto the background, a face half out of the light) and a photo or a
+screen held up to the camera can score high now and then; the median of K or more frames
+ignores a minority of odd frames either way, where the mean lets one extreme frame move
+the verdict, the minimum denies a real person for one bad frame and the maximum grants a
+photo for one lucky frame. The track is granted when the median is at or above the
+threshold and denied as a presentation attack otherwise; either way it is decided once.
+"""
 from __future__ import annotations
 
 from collections import Counter
@@ -6,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from daemon.tracker import Track
+from engines.liveness_temporal import track_live_score
 
 
 class MatchView(Protocol):
@@ -38,13 +51,22 @@ class Decision:
     name: str | None
     distance: float | None  # the best agreeing frame's distance
     frames: int  # frames the track had when it was decided
+    # The median live score of the frames the decision rests on (those that voted for the person;
+    # for an unknown face, the window's frames); None where liveness was not computed.
+    live_score: float | None = None
+    attack: bool = False  # the identity votes agreed, but the frames were judged a presentation attack
 
 
 class Decider:
-    """Turns per-frame matches of a track into at most one decision per track."""
+    """Turns per-frame matches of a track into at most one decision per track.
 
-    def __init__(self, config: DecisionConfig) -> None:
+    live_threshold: the least median live score granted (liveness.threshold); None when
+    liveness is off, and identity alone decides.
+    """
+
+    def __init__(self, config: DecisionConfig, live_threshold: float | None = None) -> None:
         self.config = config
+        self.live_threshold = live_threshold
         self._best: dict[tuple[int, int], tuple[float, str]] = {}
 
     def vote(self, match: MatchView | None) -> int | None:
@@ -55,11 +77,14 @@ class Decider:
             return None
         return match.person_id
 
-    def observe(self, track: Track, match: MatchView | None) -> Decision | None:
-        """Record one frame of a track; returns a decision the first time one is reached."""
+    def observe(self, track: Track, match: MatchView | None, live: float | None = None) -> Decision | None:
+        """Record one frame of a track (its match and its live score, if computed); returns a
+        decision the first time one is reached."""
         person = self.vote(match)
         track.votes.append(person)
+        track.live.append(None if live is None else float(live))
         del track.votes[:-self.config.n]
+        del track.live[:-self.config.n]
         if person is not None:
             key = (track.id, person)
             if key not in self._best or match.distance < self._best[key][0]:
@@ -77,14 +102,21 @@ class Decider:
         if counts:
             person, agreeing = counts.most_common(1)[0]
             if agreeing >= self.config.k:
+                scores = [s for v, s in zip(track.votes, track.live) if v == person and s is not None]
+                if self.live_threshold is not None and len(scores) < self.config.k:
+                    # Liveness was just switched on (SIGHUP): wait until k voting frames have a score.
+                    return None
+                live = track_live_score(scores) if scores else None
+                attack = self.live_threshold is not None and live < self.live_threshold
                 track.decided = True
                 distance, name = self._best[(track.id, person)]
-                return Decision(track.id, person, name, distance, track.frames)
+                return Decision(track.id, person, name, distance, track.frames, live, attack)
         # A full window in which no person can reach k is an unknown face. It is
         # reported once, but the track stays open: a face that was too small or
         # turned away may still be recognised as it comes closer.
         window_full = len(track.votes) >= self.config.n
         if window_full and not track.reported_unknown and track.votes.count(None) > self.config.n - self.config.k:
             track.reported_unknown = True
-            return Decision(track.id, None, None, None, track.frames)
+            scores = [s for s in track.live if s is not None]
+            return Decision(track.id, None, None, None, track.frames, track_live_score(scores) if scores else None)
         return None

@@ -2,7 +2,9 @@
 
 Enrols the lead hiker from one still of the clip, then runs the real service
 over the clip and prints a readable live log and a summary. Nothing here is
-demo-only logic: the same DoorService runs at a door.
+demo-only logic: the same DoorService runs at a door, with liveness (presentation-
+attack detection) on as it is by default: the clip is a direct camera recording, so
+the hiker is granted, and the summary shows the median live score of each decided track.
 """
 from __future__ import annotations
 
@@ -117,9 +119,10 @@ def _label(observation: Observation | None, threshold: float) -> tuple[tuple[int
     if observation is None:
         return (200, 200, 200), "decided"
     match = observation.match
+    live = "" if observation.liveness is None else f" live {observation.liveness:.2f}"
     if match is not None and match.distance < threshold:
-        return (0, 200, 0), f"{match.name} {match.distance:.2f}"
-    return ((0, 0, 230), "unknown") if observation.usable else ((0, 200, 230), "low quality")
+        return (0, 200, 0), f"{match.name} {match.distance:.2f}{live}"
+    return ((0, 0, 230), f"unknown{live}") if observation.usable else ((0, 200, 230), "low quality")
 
 
 def run_demo(annotate: Path | None = None, fast: bool = False) -> int:
@@ -129,6 +132,7 @@ def run_demo(annotate: Path | None = None, fast: bool = False) -> int:
         config = config_module.parse(demo_config(Path(state), fast=fast))
         print(f"facegate demo: {DEMO_CLIP.name} ({'as fast as possible' if fast else 'real time'}), "
               f"mock GPIO, state in {state}")
+        print(f"liveness: {liveness_text(config)}")
         enrol_from_clip(config, DEMO_CLIP, ENROL_FRAME, ENROL_NAME)
         print(f"enrolled {ENROL_NAME!r} from frame {ENROL_FRAME} of the clip\n")
         live = LiveLog(config.decision.threshold, annotate)
@@ -141,6 +145,16 @@ def run_demo(annotate: Path | None = None, fast: bool = False) -> int:
     return code
 
 
+OUTCOME_WORDS = {"grant": "granted", "deny": "denied (policy)", "attack": "denied (attack)", "unknown": "unknown face"}
+
+
+def liveness_text(config: config_module.Config) -> str:
+    liveness = config.liveness
+    if not liveness.enabled:
+        return "OFF (liveness.enabled: false)"
+    return f"on, threshold {liveness.threshold:.3f} from {liveness.threshold_source}"
+
+
 def print_summary(service: DoorService, live: LiveLog, seconds: float, annotate: Path | None) -> None:
     stats = service.stats
     frames = max(stats.frames, 1)
@@ -148,7 +162,15 @@ def print_summary(service: DoorService, live: LiveLog, seconds: float, annotate:
     print(f"  frames processed     {stats.frames} in {seconds:.1f} s ({stats.frames / seconds:.1f} per second)")
     print(f"  faces per frame      {stats.faces / frames:.2f}")
     print(f"  median frame time    {np.median(stats.frame_ms):.1f} ms (last 100 frames)")
-    print(f"  decisions            {stats.grants} granted, {stats.denies} denied, {stats.unknowns} unknown faces")
+    print(f"  decisions            {stats.grants} granted, {stats.denies} denied "
+          f"({stats.attacks} as presentation attacks), {stats.unknowns} unknown faces")
     print(f"  relay switched on at {', '.join(f'{t:.2f}s' for t in live.relay_on_video_time) or 'never'} (clip time)")
+    print(f"  liveness             {liveness_text(service.config)}")
+    if stats.decided:
+        print("  decided tracks       (median live score of the frames each decision rests on)")
+        for outcome in stats.decided:
+            score = "not computed" if outcome.live_score is None else f"live {outcome.live_score:.3f}"
+            print(f"    {outcome.video_time:6.2f}s  track {outcome.track_id:<3} {OUTCOME_WORDS[outcome.kind]:<18} "
+                  f"{outcome.name or 'unknown':<14} {score}")
     if annotate is not None:
         print(f"  annotated clip       {annotate}")

@@ -19,6 +19,13 @@ only (one copy per shot); the duplicate and same-person guards compare the
 configured card's templates. People enrolled before a card was installed lack
 its templates: reembed_person embeds their kept photos again.
 
+Presentation attacks: a face captured from a camera (capture) must also be judged live
+by the liveness nets of the models folder (engines/liveness.py, the cards' threshold,
+the same LivenessChecker the door uses): someone holding up a printed photo or a phone
+could otherwise enrol a face that is not theirs in front of them. A frame judged an
+attack is refused with guidance and not kept. Photo files skip the check: an ID photo
+is a photo, and the operator who enrols from files vouches for them.
+
     with Enroller.from_models(models_dir) as enroller:
         shots, refusals = judge_files(enroller, photos)
         person_id = enrol(gallery, enroller.card, "Alice", shots)
@@ -40,6 +47,7 @@ from typing import IO, Any
 import cv2
 import numpy as np
 
+from daemon.events import face_jpeg
 from daemon.gallery import SCHEMA_VERSION, AmbiguousName, Gallery, Person, PersonNotFound, StoredTemplate, Template
 from daemon.sources import Frame, FrameSource
 from engines.align import align
@@ -48,6 +56,7 @@ from engines.embedder import Embedder, distance
 from engines.errors import ImageError
 from engines.face import Face
 from engines.images import load_image
+from engines.liveness import LivenessChecker
 from engines.manifest import MODELS_DIR
 from engines.model_card import ModelCard, cards_of, find_card
 from engines.pipeline import FacePipeline
@@ -88,6 +97,7 @@ class BundleError(EnrolmentError):
 # --- examining one face --------------------------------------------------------------------------
 
 NO_FACE = "no face found: use a photo in which the face is clearly visible, frontal and well lit"
+ATTACK_HINT = "a photo or a screen is not enrolled: the person themselves in front of the camera, please"
 PHOTO_CONTEXT = 2.0  # kept photo: the face box widened to twice its size, enough to find the face again
 PHOTO_MAX_SIDE = 640
 PHOTO_JPEG_QUALITY = 90
@@ -143,37 +153,44 @@ class Enroller:
 
     pipeline.embedder is the configured model's (quality is judged on its chip, the guards
     use its templates); others embed the same face with every other installed model.
+    liveness judges camera frames (source "camera"); without it camera frames are refused.
     """
 
     def __init__(self, pipeline: FacePipeline, limits: QualityLimits = QualityLimits(),
-                 others: Sequence[Embedder] = ()) -> None:
+                 others: Sequence[Embedder] = (), liveness: LivenessChecker | None = None) -> None:
         ids = [pipeline.embedder.card.id] + [embedder.card.id for embedder in others]
         if len(set(ids)) != len(ids):
             raise ValueError(f"one embedder per model card id, got {ids}")
         self.pipeline = pipeline
         self.limits = limits
         self.others = list(others)
+        self.liveness = liveness
 
     @classmethod
     def from_models(cls, models_dir: str | Path | None = None, limits: QualityLimits = QualityLimits(),
                     threads: int = 1, card: ModelCard | None = None) -> Enroller:
         """MTCNN and an embedder for every embedder card in models_dir; card (default: the folder's
-        default card) is the configured one."""
+        default card) is the configured one. The liveness nets are those of models_dir's liveness
+        cards, else the shipped ones (engines/models), as the door finds them (daemon/config.py)."""
         from engines.mtcnn import DetectorConfig, MtcnnDetector
 
         models_dir = Path(models_dir or MODELS_DIR)
         cards = embedder_cards(models_dir, card)
         embedders: list[Embedder] = []
+        liveness = None
         detector = MtcnnDetector(models_dir, DetectorConfig(), threads=threads)
         try:
             for each in cards:
                 embedders.append(Embedder(each, threads=threads))
+            live_dir = models_dir if cards_of(models_dir, "liveness") else MODELS_DIR
+            if cards_of(live_dir, "liveness"):
+                liveness = LivenessChecker.from_models(live_dir, threads=threads)
         except BaseException:
             detector.close()
             for embedder in embedders:
                 embedder.close()
             raise
-        return cls(FacePipeline(detector, embedders[0]), limits, embedders[1:])
+        return cls(FacePipeline(detector, embedders[0]), limits, embedders[1:], liveness)
 
     @property
     def card(self) -> ModelCard:
@@ -187,7 +204,14 @@ class Enroller:
 
     def judge(self, rgb: np.ndarray, label: str, *, source: str = "photo", largest: bool = False,
               keep_photo: bool = False) -> Shot | Refusal:
-        """One image: exactly one face (or the largest, when asked) that passes the gate, embedded."""
+        """One image: exactly one face (or the largest, when asked) that passes the gate, embedded.
+
+        A camera frame (source "camera") must also be judged live; a photo file is not checked.
+        """
+        if source == "camera" and self.liveness is None:
+            raise EnrolmentError("camera enrolment needs the liveness models (model cards of role 'liveness', "
+                                 f"shipped in {MODELS_DIR}) to refuse photos and screens held up to the camera; "
+                                 "none were found: reinstall them, or enrol from photo files")
         faces = self.pipeline.detector.detect(rgb)
         if not faces:
             return Refusal(label, [NO_FACE], "step in front of the camera")
@@ -200,6 +224,13 @@ class Enroller:
         reasons = problems(quality, self.limits)
         if reasons:
             return Refusal(label, reasons, camera_hint(quality, self.limits))
+        if source == "camera":
+            live = float(self.liveness.score(rgb, [face])[0])
+            if live < self.liveness.threshold:  # judged an attack: refused, and nothing of the frame is kept
+                return Refusal(label, [f"judged a presentation attack (live score {live:.2f}, below the liveness "
+                                       f"threshold {self.liveness.threshold:.2f}): a printed photo or a screen "
+                                       "is not enrolled from a camera; the person must stand in front of it "
+                                       "themselves"], ATTACK_HINT)
         rank = quality_rank(quality, self.limits)
         figures = {**quality.as_dict(), "rank": round(rank, 4), "faces": len(faces), "label": label}
         photo = face_photo(rgb, face) if keep_photo else None
@@ -219,6 +250,8 @@ class Enroller:
         self.pipeline.close()
         for embedder in self.others:
             embedder.close()
+        if self.liveness is not None:
+            self.liveness.close()
 
     def __enter__(self) -> Enroller:
         return self
@@ -266,21 +299,10 @@ def camera_hint(quality: Quality, limits: QualityLimits) -> str:
 
 def face_photo(rgb: np.ndarray, face: Face) -> bytes:
     """The face with its surroundings as JPEG: enough to re-embed it later, without the rest of the picture."""
-    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
-    half = max(face.width, face.height) * PHOTO_CONTEXT / 2
-    height, width = rgb.shape[:2]
-    x0, y0 = max(int(cx - half), 0), max(int(cy - half), 0)
-    x1, y1 = min(int(np.ceil(cx + half)), width), min(int(np.ceil(cy + half)), height)
-    crop = rgb[y0:y1, x0:x1]
-    scale = PHOTO_MAX_SIDE / max(crop.shape[:2])
-    if scale < 1:
-        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
-                          interpolation=cv2.INTER_AREA)
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_JPEG_QUALITY, PHOTO_JPEG_QUALITY])
-    if not ok:
+    data = face_jpeg(rgb, face.box, PHOTO_CONTEXT, PHOTO_MAX_SIDE, PHOTO_JPEG_QUALITY)
+    if data is None:
         raise EnrolmentError("cannot encode the face photo as JPEG")
-    return data.tobytes()
+    return data
 
 
 def decode_photo(jpeg: bytes, label: str) -> np.ndarray:
@@ -431,6 +453,8 @@ def capture(source: FrameSource, enroller: Enroller, shots: int, *, duration_s: 
             on_frame: Callable[[Shot | Refusal, int], None] = lambda verdict, good: None) -> list[Shot]:
     """The best `shots` frames of a started source, judged for at most duration_s after its first frame.
 
+    Each frame is judged as a camera frame: a face the liveness nets judge a presentation
+    attack is refused (ATTACK_HINT) like a face that fails the quality gate.
     on_frame(verdict, good frames so far) runs for every frame judged, for live guidance.
     """
     frame = source.read(first_frame_s)

@@ -6,7 +6,8 @@ backlog that the next successful write flushes — the door keeps working either
 Reading (the operator's tools) raises EventLogError with a clear message.
 
 Face snapshots are biometric data: they are kept only when asked for (keep_snapshots) and
-live in their own table, deleted with their event.
+live in their own table, deleted with their event. face_snapshot() makes one from a frame and
+a face box; the door passes it with its decisions only while events.snapshots is on.
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator, Sequence
+
+import numpy as np
 
 log = logging.getLogger("facegate.events")
 
@@ -52,6 +55,44 @@ _SCHEMA = (
 COLUMNS = ("id", "time", "unix", "door", "kind", "person_id", "person_name", "external_id", "score",
            "track_id", "reason")
 _LOG_EVERY_S = 60.0  # a full disk fails every write: one log line a minute is enough
+
+
+SNAPSHOT_CONTEXT = 2.0  # the face box widened to twice its size: the face and what surrounds it (a phone, a hand)
+SNAPSHOT_MAX_SIDE = 320
+SNAPSHOT_JPEG_QUALITY = 85
+
+
+def face_jpeg(rgb: np.ndarray, box: Sequence[float], context: float, max_side: int, quality: int) -> bytes | None:
+    """JPEG of a face and its surroundings: the box's larger side times context, square around its
+    centre, clipped to the frame, shrunk to max_side; None when it cannot be made."""
+    import cv2
+
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    half = max(x2 - x1, y2 - y1) * context / 2
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    height, width = rgb.shape[:2]
+    crop = rgb[max(int(cy - half), 0):min(int(np.ceil(cy + half)), height),
+               max(int(cx - half), 0):min(int(np.ceil(cx + half)), width)]
+    if not crop.size:
+        return None
+    scale = max_side / max(crop.shape[:2])
+    if scale < 1:
+        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
+                          interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return data.tobytes() if ok else None
+
+
+def face_snapshot(rgb: np.ndarray, box: Sequence[float]) -> bytes | None:
+    """An event's snapshot of a face; None (never an exception) when it cannot be made, so an odd box
+    never costs the door its event."""
+    import cv2
+
+    try:
+        return face_jpeg(rgb, box, SNAPSHOT_CONTEXT, SNAPSHOT_MAX_SIDE, SNAPSHOT_JPEG_QUALITY)
+    except (ValueError, TypeError, cv2.error) as error:
+        log.warning("no snapshot for face box %s: %s", list(box), error)
+        return None
 
 
 class EventLogError(RuntimeError):

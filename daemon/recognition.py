@@ -7,6 +7,10 @@ standing at the door after the decision costs detection only.
 Faces that fail the quality gate are still tracked (so a person walking in
 keeps one track) but never vote: a small or turned face must neither grant
 nor mark someone as unknown.
+
+The faces that pass the gate also get a live score (presentation-attack detection,
+engines/liveness.py), all of a frame's in one batch per liveness net, while liveness
+is enabled: the decision judges a track's voting frames by it (daemon/decision.py).
 """
 from __future__ import annotations
 
@@ -14,11 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daemon.config import Config
+from daemon.config import Config, LivenessSettings
 from daemon.gallery import GalleryReader, Match
 from engines.align import align
 from engines.embedder import Embedder
 from engines.face import Face
+from engines.liveness import LivenessChecker
 from engines.mtcnn import MtcnnDetector
 from engines.quality import Quality, measure, problems
 from engines.runner import open_runner
@@ -30,6 +35,7 @@ class Observation:
     quality: Quality
     refusals: list[str]  # why the face may not vote; empty when it may
     match: Match | None  # the gallery's answer, for faces that passed the gate
+    liveness: float | None = None  # live score in [0, 1] of a face that passed the gate; None with liveness off
 
     @property
     def usable(self) -> bool:
@@ -52,23 +58,46 @@ class Recogniser:
             self.detector.close()
             raise
         self.limits = config.quality
+        self.liveness: LivenessChecker | None = None  # opened while liveness is (or was) enabled
+        self._models = config.models
+        self.live_enabled = False
+        try:
+            self.set_liveness(config.liveness)
+        except BaseException:
+            self.close()
+            raise
+
+    def set_liveness(self, settings: LivenessSettings) -> None:
+        """Score faces while settings.enabled; the nets are opened the first time (at start or a
+        reload that enables liveness) and kept open while disabled, so enabling again is instant."""
+        if settings.enabled and self.liveness is None:
+            self.liveness = LivenessChecker.from_models(settings.models_dir, threads=self._models.threads,
+                                                        sessions=self._models.sessions)
+        self.live_enabled = settings.enabled
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         return self.detector.detect(rgb)
 
     def recognise(self, rgb: np.ndarray, faces: list[Face], gallery: GalleryReader) -> list[Observation]:
-        """Quality and, for the faces that pass the gate, the gallery's best match, in the order of faces."""
+        """Quality and, for the faces that pass the gate, the gallery's best match and (liveness enabled)
+        the live score, in the order of faces."""
         chips = [align(rgb, face.landmarks, self.embedder.card.alignment)[0] for face in faces]
         qualities = [measure(face, chip, rgb.shape, self.limits.edge_margin) for face, chip in zip(faces, chips)]
         refusals = [problems(q, self.limits) for q in qualities]
         good = [i for i, r in enumerate(refusals) if not r]
         matches: list[Match | None] = [None] * len(faces)
+        live: list[float | None] = [None] * len(faces)
         if good:
             found = gallery.search(self.embedder.embed([chips[i] for i in good]))
             for i, match in zip(good, found):
                 matches[i] = match
-        return [Observation(f, q, r, m) for f, q, r, m in zip(faces, qualities, refusals, matches)]
+            if self.live_enabled:
+                for i, score in zip(good, self.liveness.score(rgb, [faces[i] for i in good])):
+                    live[i] = float(score)
+        return [Observation(f, q, r, m, s) for f, q, r, m, s in zip(faces, qualities, refusals, matches, live)]
 
     def close(self) -> None:
         self.detector.close()
         self.embedder.close()
+        if self.liveness is not None:
+            self.liveness.close()

@@ -12,6 +12,7 @@ import queue
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable
@@ -23,7 +24,7 @@ from daemon.clock import clock_for
 from daemon.config import Config
 from daemon.decision import Decider, Decision
 from daemon.door import Door, make_pin_factory
-from daemon.events import EventLog
+from daemon.events import EventLog, face_snapshot
 from daemon.gallery import GalleryReader, listed
 from daemon.notify import Notifier
 from daemon.recognition import Observation, Recogniser
@@ -34,6 +35,7 @@ from engines.face import Face
 
 log = logging.getLogger("facegate.daemon")
 
+ATTACK_REASON = "presentation attack suspected"
 DOOR_EVENTS = {"relay_on", "relay_off", "exit_request", "alarm_held_open", "alarm_forced_open", "alarm_cleared", "fault"}
 
 
@@ -43,10 +45,24 @@ class Stats:
     faces: int = 0
     recognised: int = 0  # faces aligned, checked and (when good enough) embedded: those on undecided tracks
     grants: int = 0
-    denies: int = 0
+    denies: int = 0  # attacks among them
+    attacks: int = 0  # tracks denied as presentation attacks
     unknowns: int = 0
     first_grant_video_time: float | None = None
     frame_ms: list[float] = field(default_factory=list)  # recent processing times, for STATUS
+    decided: deque = field(default_factory=lambda: deque(maxlen=100))  # the latest Outcomes, oldest first
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the door made of one decided track (Stats.decided)."""
+
+    track_id: int
+    kind: str  # grant, deny, attack (denied as a presentation attack) or unknown
+    name: str | None  # the person; None for an unknown face
+    distance: float | None
+    live_score: float | None  # the median live score the decision rests on; None with liveness off
+    video_time: float
 
 
 @dataclass(frozen=True)
@@ -103,7 +119,7 @@ class DoorService:
             self.close()
             raise
         self.tracker = Tracker(config.tracker_iou, config.track_max_age)
-        self.decider = Decider(config.decision)
+        self.decider = Decider(config.decision, config.liveness.live_threshold)
         self._last_unknown_event = -float("inf")
         self._next_gallery_check = 0.0
         self._next_status = 0.0
@@ -121,6 +137,7 @@ class DoorService:
             self.notifier.ready(self._status())
             log.info("facegate ready: door %s, camera %s, %d people in the gallery",
                      self.door.config.name, self.source.describe(), self.gallery.index.people)
+            _log_liveness(self.config)
             guard.start()
             while not self._stop.is_set():
                 if not self.step():
@@ -201,7 +218,7 @@ class DoorService:
         for i, observation in zip(pending, recognised):
             observations[i] = observation
             if observation.usable:
-                decision = self.decider.observe(tracks[i], observation.match)
+                decision = self.decider.observe(tracks[i], observation.match, observation.liveness)
                 if decision is not None:
                     self._decide(decision, frame, observation, now)
         self.decider.forget({t.id for t in self.tracker.tracks})
@@ -217,20 +234,39 @@ class DoorService:
         door = self.door.config.name
         if decision.person_id is None:
             self.stats.unknowns += 1
+            self._outcome(decision, "unknown", None, frame)
             if now - self._last_unknown_event >= self.config.events.unknown_log_interval:
                 self._last_unknown_event = now
                 self.events.record("unknown_face", door=door, track_id=decision.track_id,
-                                   score=_nearest(observation), reason="no enrolled person matched")
-                log.info("unknown face on track %d", decision.track_id)
+                                   score=_nearest(observation), reason="no enrolled person matched",
+                                   snapshot=self._snapshot(frame, observation))
+                log.info("unknown face on track %d%s", decision.track_id, _live_text(decision))
             return
         person = self.gallery.person(decision.person_id)
+        if decision.attack:
+            # The face matches an enrolled person but the frames that said so look like a photo or a
+            # screen: denied once, whoever it shows and whatever the policy; the relay is not touched.
+            self.stats.denies += 1
+            self.stats.attacks += 1
+            self._outcome(decision, "attack", person.name, frame)
+            reason = (f"{ATTACK_REASON}: live score {decision.live_score:.3f} below the liveness threshold "
+                      f"{self.decider.live_threshold:.3f}")
+            self.events.record("deny", door=door, person_id=person.id, person_name=person.name,
+                               external_id=person.external_id, score=decision.distance,
+                               track_id=decision.track_id, reason=reason,
+                               snapshot=self._snapshot(frame, observation))
+            log.warning("DENY %s (distance %.3f, track %d): %s", person.name, decision.distance,
+                        decision.track_id, reason)
+            return
         verdict = self.config.policy.allows(person, door, self.wall_clock())
         kind = "grant" if verdict.allowed else "deny"
+        self._outcome(decision, kind, person.name, frame)
         self.events.record(kind, door=door, person_id=person.id, person_name=person.name,
                            external_id=person.external_id, score=decision.distance,
-                           track_id=decision.track_id, reason=verdict.reason)
-        log.info("%s %s (distance %.3f, track %d): %s", kind.upper(), person.name, decision.distance,
-                 decision.track_id, verdict.reason)
+                           track_id=decision.track_id, reason=verdict.reason,
+                           snapshot=self._snapshot(frame, observation))
+        log.info("%s %s (distance %.3f, track %d%s): %s", kind.upper(), person.name, decision.distance,
+                 decision.track_id, _live_text(decision), verdict.reason)
         if verdict.allowed:
             self.stats.grants += 1
             if self.stats.first_grant_video_time is None:
@@ -238,6 +274,14 @@ class DoorService:
             self.door.grant(f"{person.name} (track {decision.track_id})")
         else:
             self.stats.denies += 1
+
+    def _snapshot(self, frame: Frame, observation: Observation) -> bytes | None:
+        """The decided face's JPEG for its event, made only while events.snapshots is on."""
+        return face_snapshot(frame.rgb, observation.face.box) if self.config.events.snapshots else None
+
+    def _outcome(self, decision: Decision, kind: str, name: str | None, frame: Frame) -> None:
+        self.stats.decided.append(Outcome(decision.track_id, kind, name, decision.distance, decision.live_score,
+                                          frame.video_time))
 
     # -- safety and systemd ------------------------------------------------------------------
 
@@ -274,17 +318,31 @@ class DoorService:
             self.events.record(kind, door=self.config.door.name, reason=detail, at=at)
 
     def _apply_reload(self) -> None:
-        """SIGHUP: new policy, decision and quality settings; a fresh look at the gallery."""
+        """SIGHUP: new policy, decision, liveness (enabled, threshold) and quality settings; a fresh
+        look at the gallery."""
         try:
             fresh = config_module.load(self.config.path)
         except ConfigError as error:
             log.error("reload refused, keeping the running config: %s", error)
             return
         for part in ("camera", "door", "models", "detector", "embedder", "gallery", "events"):
-            if getattr(fresh, part) != getattr(self.config, part):
+            if _differs(getattr(fresh, part), getattr(self.config, part)):
                 log.warning("config section %s changed: it takes effect on restart", part)
-        self.config = fresh = _keep_runtime_parts(self.config, fresh)
-        self.decider = Decider(fresh.decision)
+        if None not in (fresh.liveness.models_dir, self.config.liveness.models_dir) and \
+                fresh.liveness.models_dir != self.config.liveness.models_dir:
+            log.warning("liveness.models_dir changed: it takes effect on restart")
+        fresh = _keep_runtime_parts(self.config, fresh)
+        try:
+            self.recogniser.set_liveness(fresh.liveness)
+        except Exception as error:  # the nets cannot be opened: keep judging as before
+            log.error("reload refused, keeping the running config: liveness cannot be enabled: %s", error)
+            return
+        liveness_changed = fresh.liveness != self.config.liveness
+        self.config = fresh
+        # Tracks keep their votes and live scores: a new Decider judges them from here on.
+        self.decider = Decider(fresh.decision, fresh.liveness.live_threshold)
+        if liveness_changed:
+            _log_liveness(fresh)
         self.recogniser.limits = fresh.quality
         logging.getLogger("facegate").setLevel(fresh.log_level)
         self.gallery.refresh()
@@ -307,6 +365,28 @@ def _warn_unrecognisable(gallery: GalleryReader) -> None:
                     gallery.card.path)
 
 
+def _differs(a, b) -> bool:
+    try:
+        return bool(a != b)
+    except ValueError:  # dataclasses holding numpy arrays (a model card's alignment template) compare by value
+        return repr(a) != repr(b)
+
+
+def _log_liveness(config: Config) -> None:
+    liveness = config.liveness
+    if liveness.enabled:
+        log.info("liveness on: a grant needs the median live score of the voting frames >= %.3f (%s)",
+                 liveness.threshold, liveness.threshold_source)
+    else:
+        log.warning("liveness.enabled is false: presentation-attack detection is OFF, and a printed photo or a "
+                    "phone screen showing an enrolled person opens the door; set liveness.enabled: true in %s",
+                    config.path or "the config")
+
+
+def _live_text(decision: Decision) -> str:
+    return "" if decision.live_score is None else f", live {decision.live_score:.3f}"
+
+
 def _nearest(observation: Observation) -> float | None:
     return None if observation.match is None else observation.match.distance
 
@@ -314,4 +394,6 @@ def _nearest(observation: Observation) -> float | None:
 def _keep_runtime_parts(running: Config, fresh: Config) -> Config:
     return replace(fresh, camera=running.camera, door=running.door, models=running.models,
                    detector=running.detector, embedder=running.embedder, gallery=running.gallery,
-                   events=running.events)
+                   events=running.events,
+                   liveness=replace(fresh.liveness,
+                                    models_dir=running.liveness.models_dir or fresh.liveness.models_dir))

@@ -28,7 +28,8 @@ class Track:
     last_seen: float
     frames: int = 1
     votes: list = field(default_factory=list)  # per frame: a person id, or None for "no confident match"
-    decided: bool = False  # a person decision was made: the track never decides again
+    live: list = field(default_factory=list)  # per frame of votes: its live score, or None where not computed
+    decided: bool = False  # a person decision (grant, deny or attack) was made: the track never decides again
     reported_unknown: bool = False
 
 

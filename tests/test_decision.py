@@ -98,3 +98,85 @@ def test_votes_outside_the_window_are_forgotten():
 def test_bad_k_and_n_are_refused():
     with pytest.raises(ValueError, match="decision.k = 6"):
         DecisionConfig(threshold=0.5, k=6, n=5)
+
+
+# --- liveness over the voting frames ------------------------------------------------------------------
+
+LIVE = 0.5  # a fake threshold: these tests feed fake live scores, the nets are tested in test_liveness.py
+
+
+def feed_live(decider, track, frames):
+    """frames: (match, live score) pairs."""
+    return [d for d in (decider.observe(track, m, live) for m, live in frames) if d is not None]
+
+
+def test_a_live_person_is_granted_with_the_median_live_score_of_the_voting_frames():
+    decider = Decider(DecisionConfig(threshold=0.5, k=3, n=5), live_threshold=LIVE)
+    track = new_track()
+    [decision] = feed_live(decider, track, [(M(7, "ann", 0.3), 0.9), (M(7, "ann", 0.3), 0.7), (M(7, "ann", 0.3), 0.95)])
+    assert decision.person_id == 7 and not decision.attack
+    assert decision.live_score == pytest.approx(0.9)
+    assert track.decided
+
+
+def test_a_spoof_is_denied_once_as_an_attack_and_the_track_is_decided():
+    decider = Decider(DecisionConfig(threshold=0.5, k=3, n=5), live_threshold=LIVE)
+    track = new_track()
+    decisions = feed_live(decider, track, [(M(7, "ann", 0.3), 0.1)] * 12)
+    assert len(decisions) == 1, "an attack is decided once, not judged again every frame"
+    [decision] = decisions
+    assert decision.attack and decision.person_id == 7 and decision.name == "ann"
+    assert decision.live_score == pytest.approx(0.1)
+    assert track.decided
+
+
+def test_a_median_below_the_threshold_is_an_attack_though_some_frames_are_above():
+    decider = Decider(DecisionConfig(threshold=0.5, k=3, n=5), live_threshold=LIVE)
+    track = new_track()
+    [decision] = feed_live(decider, track, [(M(7, "ann", 0.3), 0.95), (M(7, "ann", 0.3), 0.2), (M(7, "ann", 0.3), 0.3)])
+    assert decision.attack and decision.live_score == pytest.approx(0.3)
+
+
+def test_one_odd_frame_neither_denies_a_live_face_nor_grants_a_photo():
+    """Why the median: one bad frame of a real face, or one lucky frame of a photo, does not decide."""
+    decider = Decider(DecisionConfig(threshold=0.5, k=3, n=5), live_threshold=LIVE)
+    live, photo = new_track(), Tracker().update([box(300, 300)], now=0.0)[0]
+    [granted] = feed_live(decider, live, [(M(7, "ann", 0.3), 0.9), (M(7, "ann", 0.3), 0.05), (M(7, "ann", 0.3), 0.8)])
+    [denied] = feed_live(decider, photo, [(M(7, "ann", 0.3), 0.1), (M(7, "ann", 0.3), 0.99), (M(7, "ann", 0.3), 0.2)])
+    assert not granted.attack and denied.attack
+
+
+def test_only_the_frames_that_voted_for_the_person_count():
+    decider = Decider(DecisionConfig(threshold=0.5, k=3, n=5), live_threshold=LIVE)
+    track = new_track()
+    frames = [(M(7, "ann", 0.3), 0.9), (M(7, "ann", 0.9), 0.0), (None, 0.0), (M(7, "ann", 0.3), 0.8),
+              (M(7, "ann", 0.3), 0.7)]
+    [decision] = feed_live(decider, track, frames)
+    assert not decision.attack and decision.live_score == pytest.approx(0.8)
+
+
+def test_with_liveness_off_identity_alone_decides():
+    decider = Decider(DecisionConfig(threshold=0.5, k=3, n=5))  # no live threshold: liveness disabled
+    track = new_track()
+    [decision] = feed_live(decider, track, [(M(7, "ann", 0.3), None)] * 3)
+    assert decision.person_id == 7 and not decision.attack and decision.live_score is None
+    low = new_track()
+    [decision] = feed_live(decider, low, [(M(7, "ann", 0.3), 0.01)] * 3)  # scores, if any, are not judged
+    assert not decision.attack
+
+
+def test_liveness_switched_on_mid_track_waits_for_k_scored_voting_frames():
+    decider = Decider(DecisionConfig(threshold=0.5, k=3, n=5))  # liveness off: frames are not scored
+    track = new_track()
+    assert feed_live(decider, track, [(M(7, "ann", 0.3), None)] * 2) == []  # two votes, one short of k
+    decider = Decider(DecisionConfig(threshold=0.5, k=3, n=5), live_threshold=LIVE)  # SIGHUP: liveness on
+    assert feed_live(decider, track, [(M(7, "ann", 0.3), 0.9)] * 2) == []
+    [decision] = feed_live(decider, track, [(M(7, "ann", 0.3), 0.9)])
+    assert not decision.attack and decision.live_score == pytest.approx(0.9)
+
+
+def test_an_unknown_face_carries_the_median_live_score_of_its_window():
+    decider = Decider(DecisionConfig(threshold=0.5, k=3, n=5), live_threshold=LIVE)
+    track = new_track()
+    [decision] = feed_live(decider, track, [(None, s) for s in (0.2, 0.9, 0.8, 0.7, 0.1)])
+    assert decision.person_id is None and not decision.attack and decision.live_score == pytest.approx(0.7)

@@ -36,8 +36,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from daemon.enrolment import (CameraError, DuplicateFace, Enroller, NotTheSamePerson, PersonDetails, Refusal, Shot,
-                              add_shots, capture, enrol, find_person, judge_files)
+from daemon.enrolment import (ATTACK_HINT, CameraError, DuplicateFace, Enroller, EnrolmentError, NotTheSamePerson,
+                              PersonDetails, Refusal, Shot, add_shots, capture, enrol, find_person, judge_files)
 from daemon.gallery import SCHEMA_VERSION, AmbiguousName, Gallery, GalleryIndex, PersonNotFound
 from daemon.sources import FileSource
 from engines.embedder import distance
@@ -239,10 +239,37 @@ def frames(tmp_path) -> Path:
     return folder
 
 
-def test_capture_guides_the_person_and_keeps_the_best_frames(enroller, frames):
+class FakeLiveness:
+    """The liveness checker's interface with one score for every face, and the real cards' threshold."""
+
+    def __init__(self, score: float, threshold: float) -> None:
+        self.value, self.threshold = score, threshold
+        self.scored = 0
+
+    def score(self, rgb, faces):
+        self.scored += len(faces)
+        return np.full(len(faces), self.value, np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+def with_liveness(enroller: Enroller, score: float) -> Enroller:
+    """The same models (closed with enroller) with fake live scores against the cards' threshold."""
+    return Enroller(enroller.pipeline, enroller.limits, enroller.others,
+                    FakeLiveness(score, enroller.liveness.threshold))
+
+
+@pytest.fixture
+def trusting(enroller) -> Enroller:
+    """Every face judged live: the guidance tests below are about the quality gate, not the liveness nets."""
+    return with_liveness(enroller, 1.0)
+
+
+def test_capture_guides_the_person_and_keeps_the_best_frames(trusting, frames):
     seen: list[Shot | Refusal] = []
     with FileSource(frames, pace="fast") as source:
-        best = capture(source, enroller, 2, on_frame=lambda verdict, good: seen.append(verdict))
+        best = capture(source, trusting, 2, on_frame=lambda verdict, good: seen.append(verdict))
     hints = [v.hint for v in seen if isinstance(v, Refusal)]
     assert hints == ["hold still", "move closer", "only the person enrolling in view, please"]
     accepted = sorted((v.rank for v in seen if isinstance(v, Shot)), reverse=True)
@@ -250,12 +277,55 @@ def test_capture_guides_the_person_and_keeps_the_best_frames(enroller, frames):
     assert all(shot.template.source == "camera" for shot in best)
 
 
-def test_capture_with_too_few_good_frames_or_no_picture_is_a_clear_error(enroller, frames, tmp_path):
+def test_capture_with_too_few_good_frames_or_no_picture_is_a_clear_error(trusting, frames, tmp_path):
     with FileSource(frames, pace="fast") as source, pytest.raises(CameraError, match="only 4 good frame"):
-        capture(source, enroller, 5)
+        capture(source, trusting, 5)
     (tmp_path / "dark").mkdir()
     with FileSource(tmp_path / "dark", pace="fast") as source, pytest.raises(CameraError, match="no picture within"):
-        capture(source, enroller, 1, first_frame_s=0.1)
+        capture(source, trusting, 1, first_frame_s=0.1)
+
+
+def test_camera_enrolment_refuses_a_face_judged_an_attack_and_keeps_nothing_of_it(enroller, frames):
+    assert enroller.liveness is not None, "the models folder's liveness cards judge camera frames"
+    threshold = enroller.liveness.threshold
+    spoof = with_liveness(enroller, 0.0)
+    seen: list[Shot | Refusal] = []
+    with FileSource(frames, pace="fast") as source, \
+            pytest.raises(CameraError, match=r"only 0 good frame.*most frames: a photo or a screen is not enrolled"):
+        capture(source, spoof, 1, on_frame=lambda verdict, good: seen.append(verdict))
+    assert not any(isinstance(v, Shot) for v in seen), "a frame judged an attack is not kept"
+    hints = [v.hint for v in seen]
+    # The quality gate speaks first; the four frames that pass it are each refused as an attack.
+    assert hints == ["hold still", "move closer", ATTACK_HINT, "only the person enrolling in view, please"] + \
+        [ATTACK_HINT] * 3
+    assert spoof.liveness.scored == 4, "liveness is judged only for faces that passed the gate"
+    [reason] = seen[2].reasons
+    assert reason.startswith(f"judged a presentation attack (live score 0.00, below the liveness threshold "
+                             f"{threshold:.2f})") and "stand in front of it themselves" in reason
+
+
+def test_photo_enrolment_skips_the_liveness_check(enroller, photos, tmp_path):
+    """An ID photo is a photo: enrolment from files is never judged by the liveness nets."""
+    spoof = with_liveness(enroller, 0.0)
+    shots, refusals = judge_files(spoof, [photos["astronaut"], photos["mirrored"]])
+    assert len(shots) == 2 and not refusals and spoof.liveness.scored == 0
+    with Gallery.open(tmp_path / "gallery.db") as gallery:
+        assert enrol(gallery, spoof.card, "Astronaut", shots)
+
+
+def test_camera_enrolment_without_liveness_models_is_refused(enroller, frames):
+    blind = Enroller(enroller.pipeline, enroller.limits, enroller.others)  # no liveness checker
+    with FileSource(frames, pace="fast") as source, pytest.raises(EnrolmentError, match="needs the liveness models"):
+        capture(source, blind, 1)
+
+
+def test_the_help_says_photo_files_skip_the_liveness_check():
+    top = run("--help")
+    assert top.returncode == 0 and "an ID photo is a photo" in " ".join(top.stdout.split())
+    add = run("add", "--help")
+    assert add.returncode == 0
+    text = " ".join(add.stdout.split())
+    assert "no liveness check: an ID photo is a photo" in text and "judged a presentation attack" in text
 
 
 def test_camera_enrolment_from_the_command_line_prints_guidance(tmp_path, frames):

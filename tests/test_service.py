@@ -1,6 +1,7 @@
 """The door service end to end on the demo clip, with gpiozero's MockFactory pins."""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -12,18 +13,22 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
+import yaml
 from gpiozero.pins.mock import MockFactory
 
 from daemon import config as config_module
-from daemon.demo import DEMO_CLIP, ENROL_FRAME, demo_config, enrol_from_clip
+from daemon.demo import DEMO_CLIP, ENROL_FRAME, demo_config, enrol_from_clip, print_summary
 from daemon.events import EventReader
 from daemon.gallery import Gallery
 from daemon.notify import Notifier
-from daemon.service import DoorService
-from tests.conftest import REPO
+from daemon.service import ATTACK_REASON, DoorService, Outcome, Stats
+from engines.model_card import cards_of
+from tests.conftest import MODELS, REPO
 
 RELAY = 17
+CARDS_LIVE_THRESHOLD = cards_of(MODELS, "liveness")[0].threshold  # read from the cards, tuned there
 HIKER_GONE = 4.3  # clip seconds after which the lead hiker has walked out of the frame
 
 
@@ -73,10 +78,15 @@ def run_service(config, factory: MockFactory, **kwargs) -> tuple[DoorService, Re
 
 def test_the_enrolled_hiker_opens_the_door_and_nobody_else_does(tmp_path):
     config = make_config(tmp_path)
+    assert config.liveness.enabled and config.liveness.threshold == CARDS_LIVE_THRESHOLD, "liveness is on by default"
     person = enrol_from_clip(config, DEMO_CLIP, ENROL_FRAME, "Lead Hiker")
     factory = MockFactory()
     service, watch, code = run_service(config, factory)
     assert code == 0
+    # The clip is a direct camera recording: the real liveness nets judge the hiker live.
+    [granted] = [o for o in service.stats.decided if o.kind == "grant"]
+    assert granted.name == "Lead Hiker" and granted.live_score >= config.liveness.threshold
+    assert service.stats.attacks == 0
     assert watch.high_at, "the relay never went high for the enrolled hiker"
     # A fast replay runs on the clip's clock: one pulse of unlock_seconds of clip time, whatever the machine's speed.
     assert max(watch.high_at) <= HIKER_GONE + config.door.unlock_seconds
@@ -324,3 +334,185 @@ def test_the_unit_file_verifies(tmp_path):
                       "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "DevicePolicy=closed",
                       "StateDirectory=facegate", "ConfigurationDirectory=facegate", "User=facegate"):
         assert directive in unit
+
+
+# --- liveness (presentation-attack detection) ------------------------------------------------------------
+
+
+def spoofed(service: DoorService, score: float = 0.05) -> list[int]:
+    """Make the liveness nets see a photo: every face scores `score` (the real nets cannot be made to
+    see a printed photo in the clip). Returns a list that counts the faces scored per call."""
+    scored: list[int] = []
+
+    def low(rgb, faces):
+        scored.append(len(faces))
+        return np.full(len(faces), score, np.float32)
+
+    service.recogniser.liveness.score = low
+    return scored
+
+
+def test_a_spoofed_track_is_denied_once_as_an_attack_with_a_snapshot_and_the_relay_stays_off(tmp_path, short_clip):
+    config = make_config(tmp_path, short_clip, events={"snapshots": True})
+    person = enrol_from_clip(config, DEMO_CLIP, ENROL_FRAME, "Lead Hiker")
+    factory = MockFactory()
+    frames = []
+    service = DoorService(config, pin_factory=factory,
+                          on_frame=lambda frame, seen, unlocked: frames.append((list(seen), factory.pin(RELAY).state,
+                                                                                frame.video_time)))
+    scored = spoofed(service)
+    assert service.run() == 0
+    assert all(state == 0 for _, state, _ in frames), "the relay went high for a presentation attack"
+    assert service.stats.grants == 0 and service.stats.attacks == 1
+    [deny] = EventReader(config.events.path).query(kinds=["deny"])
+    assert deny.person_id == person and deny.reason.startswith(ATTACK_REASON)
+    assert f"live score 0.050 below the liveness threshold {config.liveness.threshold:.3f}" in deny.reason
+    assert deny.has_snapshot
+    jpeg = EventReader(config.events.path).snapshot(deny.id)
+    assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) is not None
+    assert not EventReader(config.events.path).query(kinds=["grant", "relay_on"])
+    # The attack decided the track: its later faces are neither embedded nor scored again.
+    [attack] = [o for o in service.stats.decided if o.kind == "attack"]
+    assert attack.live_score == pytest.approx(0.05)
+    later = [face for seen, _, at in frames for face in seen
+             if face.track.id == attack.track_id and at > attack.video_time]
+    assert later and all(face.observation is None for face in later)
+    # Liveness is computed for the faces that passed the quality gate on undecided tracks, and only for those.
+    usable = [face for seen, _, _ in frames for face in seen
+              if face.observation is not None and face.observation.usable]
+    assert sum(scored) == len(usable) and all(face.observation.liveness == pytest.approx(0.05) for face in usable)
+    assert not any(face.observation.liveness is not None for seen, _, _ in frames for face in seen
+                   if face.observation is not None and not face.observation.usable)
+
+
+def test_with_liveness_off_identity_alone_grants_and_every_start_warns(tmp_path, short_clip, caplog):
+    caplog.set_level(logging.INFO, logger="facegate")
+    on = make_config(tmp_path / "on", short_clip)
+    off = make_config(tmp_path / "off", short_clip, liveness={"enabled": False})
+    outcomes = {}
+    for name, config in (("on", on), ("off", off)):
+        enrol_from_clip(config, DEMO_CLIP, ENROL_FRAME, "Lead Hiker")
+        caplog.clear()
+        service = DoorService(config, pin_factory=MockFactory())
+        if config.liveness.enabled:
+            spoofed(service)
+        else:
+            assert service.recogniser.liveness is None, "liveness off: the nets are not even loaded"
+        assert service.run() == 0
+        outcomes[name] = ([e.kind for e in EventReader(config.events.path).query(kinds=["grant", "deny"])],
+                          [r for r in caplog.records if "liveness.enabled is false" in r.getMessage()])
+    assert outcomes["on"] == (["deny"], [])
+    kinds, warnings = outcomes["off"]
+    assert kinds == ["grant"]
+    assert [w.levelno for w in warnings] == [logging.WARNING] and "a printed photo" in warnings[0].getMessage()
+
+
+def test_sighup_reloads_liveness_enabled_and_threshold(tmp_path, short_clip, caplog):
+    raw = demo_config(tmp_path, short_clip, fast=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = config_module.load(path)
+    service = DoorService(config, pin_factory=MockFactory())
+    service.source.start()  # step() by step(), as run() would, each reload applied before a frame
+    try:
+        assert service.decider.live_threshold == CARDS_LIVE_THRESHOLD
+        caplog.set_level(logging.INFO, logger="facegate")
+
+        def reload(liveness: dict) -> None:
+            path.write_text(yaml.safe_dump({**raw, "liveness": liveness}))
+            service.request_reload()
+            assert service.step()
+
+        reload({"enabled": False})
+        assert service.decider.live_threshold is None and not service.recogniser.live_enabled
+        assert any("liveness.enabled is false" in r.getMessage() and r.levelno == logging.WARNING
+                   for r in caplog.records)
+        reload({"enabled": True, "threshold": 0.93})
+        assert service.decider.live_threshold == 0.93 and service.recogniser.live_enabled
+        caplog.clear()
+        reload({"enabled": True, "threshold": 7})  # refused: the running settings stay
+        assert service.decider.live_threshold == 0.93
+        assert any("reload refused" in r.getMessage() and "liveness.threshold = 7" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        service.close()
+
+
+def test_a_door_started_without_liveness_loads_the_nets_when_a_reload_enables_it(tmp_path, short_clip):
+    raw = demo_config(tmp_path, short_clip, fast=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**raw, "liveness": {"enabled": False}}))
+    service = DoorService(config_module.load(path), pin_factory=MockFactory())
+    service.source.start()
+    try:
+        assert service.recogniser.liveness is None and service.decider.live_threshold is None
+        path.write_text(yaml.safe_dump(raw))
+        service.request_reload()
+        assert service.step()
+        assert service.recogniser.liveness is not None and service.decider.live_threshold == CARDS_LIVE_THRESHOLD
+    finally:
+        service.close()
+
+
+def test_liveness_config_defaults_and_errors_name_the_key(tmp_path):
+    def parse(liveness=None, **sections):
+        raw = demo_config(tmp_path, fast=True)
+        if liveness is not None:
+            raw["liveness"] = liveness
+        raw.update(sections)
+        return config_module.parse(raw)
+
+    default = parse().liveness
+    assert default.enabled and default.threshold == CARDS_LIVE_THRESHOLD and default.models_dir == MODELS
+    assert "minifasnet" in default.threshold_source
+    assert parse({"threshold": 0.8}).liveness.live_threshold == 0.8
+    assert parse({"enabled": False}).liveness.live_threshold is None
+    no_cards = tmp_path / "no_liveness_cards"
+    no_cards.mkdir()
+    for bad, message in (({"threshold": 1.5}, "liveness.threshold = 1.5 is not allowed: expected a number from 0 to 1"),
+                         ({"threshold": -0.1}, "liveness.threshold = -0.1 is not allowed"),
+                         ({"enabled": "yes"}, "liveness.enabled = 'yes' is not allowed: expected a bool"),
+                         ({"statistic": "mean"}, "liveness.statistic is not a known key"),
+                         ({"models_dir": str(tmp_path / "absent")}, "liveness.models_dir = "),
+                         ({"models_dir": str(no_cards)}, "model cards of role 'liveness'")):
+        with pytest.raises(config_module.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            parse(bad)
+    assert parse({"models_dir": str(no_cards), "enabled": False}).liveness.threshold is None
+    # A models folder of its own from before liveness: the shipped liveness nets judge its faces.
+    older = tmp_path / "models_before_liveness"
+    older.mkdir()
+    for card in MODELS.iterdir():
+        if card.suffix in (".yaml", ".onnx") and not card.name.startswith("minifasnet") or card.name == "DEFAULTS":
+            os.symlink(card, older / card.name)
+    assert parse(detector={"models_dir": str(older)}).liveness.models_dir == MODELS
+
+
+def test_check_config_refuses_a_bad_liveness_threshold(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    raw = yaml.safe_load(config_module.EXAMPLE_PATH.read_text())
+    assert raw["liveness"] == {"enabled": True, "threshold": None, "models_dir": None}, "the example shows the defaults"
+    raw["liveness"]["threshold"] = 2
+    bad.write_text(yaml.safe_dump(raw))
+    result = subprocess.run([sys.executable, "-m", "daemon", "check-config", str(bad)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 1
+    assert "liveness.threshold = 2.0 is not allowed: expected a number from 0 to 1" in result.stderr
+
+
+def test_the_demo_summary_prints_the_live_score_of_each_decided_track(capsys):
+    stats = Stats(frames=10, faces=12, grants=1, unknowns=1, frame_ms=[50.0])
+    stats.decided.extend([Outcome(1, "grant", "Lead Hiker", 0.41, 0.806, 1.9),
+                          Outcome(2, "unknown", None, None, 0.981, 2.5),
+                          Outcome(3, "attack", "Lead Hiker", 0.4, 0.05, 3.0)])
+
+    class Service:
+        config = config_module.parse(demo_config(Path("/tmp/facegate-summary-test"), fast=True))
+
+    Service.stats = stats
+    live = type("Live", (), {"relay_on_video_time": [1.9]})()
+    print_summary(Service(), live, 1.0, None)
+    out = capsys.readouterr().out
+    assert f"on, threshold {CARDS_LIVE_THRESHOLD:.3f}" in out
+    assert "track 1   granted            Lead Hiker     live 0.806" in out
+    assert "track 2   unknown face       unknown        live 0.981" in out
+    assert "track 3   denied (attack)    Lead Hiker     live 0.050" in out

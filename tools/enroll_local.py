@@ -7,6 +7,12 @@ sharp, large enough, frontal face; a new person whose face matches someone alrea
 (closer than the model card's threshold) is refused unless --force. A refused or failed
 command changes nothing.
 
+Presentation attacks: a face captured with --camera must also be judged live by the
+liveness nets (the liveness cards in --models, else engines/models, and their threshold,
+as at the door): a printed photo or a phone screen held up to the camera is refused.
+Enrolment from photo files (--photo, add-template, add-folder) skips that check: an ID
+photo is a photo, and whoever enrols from files vouches for them.
+
 Every face is stored as one template per embedder card installed in --models, so the
 door's embedder.card can be switched without enrolling anyone again. --card names the
 model the door is configured with (default: the one --models/DEFAULTS names): the quality
@@ -126,10 +132,12 @@ def parser() -> argparse.ArgumentParser:
     add = command("add", cmd_add, "enrol a new person from photos or a camera")
     add.add_argument("name", metavar="NAME")
     source = add.add_mutually_exclusive_group(required=True)
-    source.add_argument("--photo", nargs="+", type=Path, metavar="FILE", help="photos of the person")
+    source.add_argument("--photo", nargs="+", type=Path, metavar="FILE",
+                        help="photos of the person (no liveness check: an ID photo is a photo)")
     source.add_argument("--camera", nargs="?", const="0", metavar="SOURCE",
                         help="capture live: a camera index (default 0), device path, stream URL, "
-                             "or a video file or folder of images standing in for one")
+                             "or a video file or folder of images standing in for one; a face judged a "
+                             "presentation attack (a photo or a screen held up) is refused")
     add.add_argument("--shots", type=positive, help="camera: templates to keep, the best by quality (default 3)")
     add.add_argument("--duration", type=seconds, help="camera: seconds to look for good frames (default 20)")
     add.add_argument("--external-id", help="an id from another system (badge, HR number); unique")
