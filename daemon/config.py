@@ -6,7 +6,7 @@ them and owns the rest.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ class LivenessSettings:
     threshold: float | None  # None only when disabled and no liveness card is installed
     models_dir: Path | None  # the folder whose liveness cards (and models) score faces
     threshold_source: str  # where threshold came from, for the log
+    engines: dict[str, Path] = field(default_factory=dict)  # card id -> TensorRT engine run instead of its ONNX
 
     @property
     def live_threshold(self) -> float | None:
@@ -118,7 +119,7 @@ def parse(raw: Any, path: Path | None = None) -> Config:
         quality=_quality(top.section("quality", set(QualityLimits.__dataclass_fields__))),
         gallery=_gallery(top.section("gallery", {"path", "index", "refresh_seconds"}), state),
         decision=_decision(decision, embedder),
-        liveness=_liveness(top.section("liveness", {"enabled", "threshold", "models_dir"}), models),
+        liveness=_liveness(top.section("liveness", {"enabled", "threshold", "models_dir", "engines"}), models),
         tracker_iou=decision.number("tracker_iou", 0.3, low=0.01, high=1),
         track_max_age=decision.number("track_max_age", 1.0, low=0.05, high=60),
         door=DoorConfig.from_config(top.raw.get("door"), "door"),
@@ -177,7 +178,22 @@ def _liveness(section: Section, models: Models) -> LivenessSettings:
     source = ("liveness.threshold in the config" if section.raw.get("threshold") is not None
               else f"the liveness cards' liveness.threshold ({', '.join(c.path.name for c in cards)})" if cards
               else "none: no liveness card installed")
-    return LivenessSettings(enabled, threshold, folder if cards else None, source)
+    return LivenessSettings(enabled, threshold, folder if cards else None, source, _liveness_engines(section, cards))
+
+
+def _liveness_engines(section: Section, cards: list[ModelCard]) -> dict[str, Path]:
+    """liveness.engines: {<liveness card id>: <TensorRT .engine>}, one per net built by tools/build_engine.py."""
+    raw = section.get("engines", dict, {})
+    ids = sorted(card.id for card in cards)
+    engines = {}
+    for card_id, value in raw.items():
+        key = f"engines.{card_id}"
+        if card_id not in ids:
+            section.fail(key, value, f"a key that is a liveness card id: one of {ids}")
+        if not isinstance(value, str) or Path(value).suffix not in (".engine", ".plan"):
+            section.fail(key, value, "a TensorRT .engine or .plan file built by tools/build_engine.py")
+        engines[card_id] = Path(value)
+    return engines
 
 
 def _liveness_cards(section: Section, folder: Path) -> list[ModelCard]:

@@ -72,7 +72,7 @@ class Recogniser:
         reload that enables liveness) and kept open while disabled, so enabling again is instant."""
         if settings.enabled and self.liveness is None:
             self.liveness = LivenessChecker.from_models(settings.models_dir, threads=self._models.threads,
-                                                        sessions=self._models.sessions)
+                                                        sessions=self._models.sessions, engines=settings.engines)
         self.live_enabled = settings.enabled
 
     def detect(self, rgb: np.ndarray) -> list[Face]:

@@ -15,7 +15,7 @@ MTCNN box (x1, y1, x2, y2) as upstream's (x, y, width, height) = (x1, y1, x2 - x
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -137,13 +137,26 @@ class LivenessChecker:
 
     @classmethod
     def from_models(cls, models_dir: str | Path | None = None, *, threads: int = 1, sessions: int = 1,
-                    max_batch: int = DEFAULT_MAX_BATCH) -> "LivenessChecker":
-        """Every card with role 'liveness' in models_dir (default engines/models)."""
+                    max_batch: int = DEFAULT_MAX_BATCH,
+                    engines: Mapping[str, Path] | None = None) -> "LivenessChecker":
+        """Every card with role 'liveness' in models_dir (default engines/models); engines maps a card id
+        to the TensorRT engine built from its model (tools/build_engine.py), which then runs instead."""
         folder = Path(models_dir or MODELS_DIR)
         cards = cards_of(folder, "liveness")
         if not cards:
             raise ModelError(f"{folder}: no model card with role 'liveness'")
-        return cls(cards, threads=threads, sessions=sessions, max_batch=max_batch)
+        unknown = sorted(set(engines or {}) - {card.id for card in cards})
+        if unknown:
+            raise ModelError(f"{folder}: engines given for {unknown}, which no liveness card there is")
+        runners: list[Runner] = []
+        try:
+            for card in cards:
+                runners.append(open_runner((engines or {}).get(card.id, card.model_path), threads, sessions))
+        except BaseException:
+            for runner in runners:
+                runner.close()
+            raise
+        return cls(cards, runners, max_batch=max_batch)
 
     @property
     def cards(self) -> list[ModelCard]:

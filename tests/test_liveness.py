@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from engines.errors import ImageError, ModelError
 from engines.face import Face
 from engines.images import load_image
+import engines.liveness as liveness_module
 from engines.liveness import LivenessChecker, crop_box, liveness_crop
 from engines.model_card import cards_of
 from engines.mtcnn import MtcnnDetector
@@ -399,3 +401,20 @@ def test_evaluate_liveness_reports_candidates_tracks_and_selects_rows(evaluate_l
     assert sequences["per_track"][0]["median"] == pytest.approx(items["walk.avi"]["score"])
     assert evaluate_liveness.main([str(fixture_set), "--select", "nothing-matches"]) == 2
     assert "no manifest path matches" in capsys.readouterr().err
+
+
+def test_an_engine_given_for_a_card_runs_instead_of_its_onnx(tmp_path, monkeypatch):
+    cards = cards_of(MODELS, "liveness")
+    opened = []
+
+    def recording_open(path, threads=1, sessions=1):
+        opened.append(Path(path).name)
+        return OnnxRunner(cards[0].model_path if Path(path).suffix == ".engine" else path)
+
+    monkeypatch.setattr(liveness_module, "open_runner", recording_open)
+    engine = tmp_path / "v2.fp16.engine"
+    with LivenessChecker.from_models(MODELS, engines={cards[0].id: engine}) as checker:
+        assert [card.id for card in checker.cards] == [card.id for card in cards]
+    assert opened == [engine.name] + [card.model_path.name for card in cards[1:]]
+    with pytest.raises(ModelError, match="no liveness card"):
+        LivenessChecker.from_models(MODELS, engines={"minifasnet-v9": engine})

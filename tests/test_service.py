@@ -474,10 +474,15 @@ def test_liveness_config_defaults_and_errors_name_the_key(tmp_path):
                          ({"enabled": "yes"}, "liveness.enabled = 'yes' is not allowed: expected a bool"),
                          ({"statistic": "mean"}, "liveness.statistic is not a known key"),
                          ({"models_dir": str(tmp_path / "absent")}, "liveness.models_dir = "),
-                         ({"models_dir": str(no_cards)}, "model cards of role 'liveness'")):
+                         ({"models_dir": str(no_cards)}, "model cards of role 'liveness'"),
+                         ({"engines": {"minifasnet-v3": "/x.engine"}}, "liveness.engines.minifasnet-v3 = "
+                                                                      "'/x.engine' is not allowed: expected a key"),
+                         ({"engines": {"minifasnet-v2-2.7": "/x.onnx"}}, "expected a TensorRT .engine")):
         with pytest.raises(config_module.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             parse(bad)
     assert parse({"models_dir": str(no_cards), "enabled": False}).liveness.threshold is None
+    engines = {"minifasnet-v2-2.7": "/var/lib/facegate/engines/minifasnet_v2_2.7.fp16.engine"}
+    assert parse({"engines": engines}).liveness.engines == {k: Path(v) for k, v in engines.items()}
     # A models folder of its own from before liveness: the shipped liveness nets judge its faces.
     older = tmp_path / "models_before_liveness"
     older.mkdir()
