@@ -9,6 +9,10 @@ examples:
   python -m calibration quantize build/calibration -o build/int8
   # then TensorRT engines on the Jetson: the embedder INT8, MTCNN FP16
   python tools/build_engine.py --all --precision embedder=int8 --qdq-models build/int8 --frame-size 1280x720
+  # the liveness nets INT8 too (both cards, from build/calibration/liveness/<card id>)
+  python -m calibration quantize build/calibration --roles embedder,liveness -o build/int8
+  python tools/build_engine.py --all --precision embedder=int8 --precision liveness=int8 --qdq-models build/int8 \
+      --frame-size 1280x720
   # all four nets INT8 (the detector then loses some marginal faces: tools/int8_quality.py)
   python -m calibration quantize build/calibration --roles pnet,rnet,onet,embedder -o build/int8
   python tools/build_engine.py --all --models build/int8 --precision int8 --frame-size 1280x720
@@ -25,12 +29,13 @@ import sys
 from pathlib import Path
 
 from calibration.batches import CalibrationSetError
-from calibration.dataset import DEFAULT_BATCH_SIZES, DEFAULT_MAX_PER_FRAME, ROLES, BuildOptions, build
+from calibration.dataset import (DEFAULT_BATCH_SIZES, DEFAULT_MAX_PER_FRAME, ROLES, BuildOptions, build, role_cards,
+                                 set_name)
 from calibration.frames import Frame, Selection
 from engines.arguments import natural as _natural, positive as _positive, size as _size
 from engines.errors import EngineError
 from engines.manifest import MODELS_DIR
-from engines.model_card import ModelCardError, find_card
+from engines.model_card import ModelCardError
 from engines.mtcnn import DetectorConfig
 
 
@@ -75,7 +80,8 @@ def add_build_parser(commands: argparse._SubParsersAction) -> None:
     sub = commands.add_parser("build", help="record what the FP32 nets see on real frames, one folder per role",
                               description="Runs the FP32 MTCNN cascade over photos and video frames and stores "
                               "each net's real inputs as fixed-size .npy batches with a manifest.json per role "
-                              "(OUT/pnet, OUT/rnet, OUT/onet, OUT/embedder). Frames of another size are "
+                              "(OUT/pnet, OUT/rnet, OUT/onet, OUT/embedder) and per liveness card, its crops of "
+                              "the faces found (OUT/liveness/<card id>). Frames of another size are "
                               "letterboxed to --frame-size; the last batch is padded by repeating its samples.")
     sub.add_argument("sources", nargs="+", type=Path, help="videos, photos, or folders of them (searched recursively)")
     sub.add_argument("-o", "--out", type=Path, required=True, help="output folder (its role folders are replaced)")
@@ -148,10 +154,11 @@ def run_quantize(args: argparse.Namespace) -> dict:
         options = QuantizeOptions(method=args.method, float_heads=not args.quantize_heads,
                                   float_first=args.float_first,
                                   exclude=tuple(node for r, node in args.exclude if r == role))
-        card = find_card(args.models, role)
-        print(f"quantising {card.file} ({args.method}) ...", file=sys.stderr, flush=True)
-        result = quantize_model(card.path, args.calibration / role, args.out, options)
-        written[role] = {"model": str(result.model), "card": str(result.card), "sidecar": str(result.sidecar)}
+        for card in role_cards(args.models, role):  # liveness: every card, each from its own folder
+            print(f"quantising {card.file} ({args.method}) ...", file=sys.stderr, flush=True)
+            result = quantize_model(card.path, args.calibration / set_name(card), args.out, options)
+            written[set_name(card)] = {"model": str(result.model), "card": str(result.card),
+                                       "sidecar": str(result.sidecar)}
     return {"out": str(args.out), "roles": written}
 
 

@@ -5,9 +5,13 @@ canvases and R-Net and O-Net crops are exactly the normalised tensors the
 detector fed its nets: the packed pyramid of the configured frame size and the
 crops of the cascade's own candidates. The embedder's chips are the faces the
 cascade finds, aligned by the embedder card and normalised by it, as
-engines.embedder.Embedder feeds them. The result is one folder per role
-(pnet, rnet, onet, embedder: the layout tools/build_engine.py --all
---calibrator DIR expects) of batches and a manifest (calibration/batches.py).
+engines.embedder.Embedder feeds them. The liveness nets' crops are recorded
+from engines.liveness.LivenessChecker's own runners as it scores those faces:
+each card's face box scaled by its crop_scale, resized to 80x80, BGR 0..255
+NCHW. The result is one folder per role (pnet, rnet, onet, embedder) and one
+per liveness card (liveness/<card id>: the door runs every liveness card), the
+layout tools/build_engine.py --all --calibrator DIR expects, of batches and a
+manifest (calibration/batches.py).
 """
 from __future__ import annotations
 
@@ -22,21 +26,39 @@ from calibration.batches import FORMAT_VERSION, BatchWriter, write_manifest
 from engines.manifest import sha256_of
 from calibration.frames import FIT, Frame, Selection, iter_frames, source_files
 from engines.align import align
+from engines.liveness import LivenessChecker
 from engines.manifest import MODELS_DIR
-from engines.model_card import ModelCard, find_card
+from engines.model_card import ModelCard, cards_of, find_card
 from engines.mtcnn import DetectorConfig, MtcnnDetector
 from engines.runner import Runner, Shape, open_runner
 
-ROLES = ("pnet", "rnet", "onet", "embedder")
+ROLES = ("pnet", "rnet", "onet", "embedder", "liveness")
 DETECTOR_ROLES = ("pnet", "rnet", "onet")
+MULTI_CARD_ROLES = ("liveness",)  # roles whose every card runs, each calibrated in a folder of its own
 # TensorRT calibrates at the calibration profile's opt shapes, so each role's batch equals the opt
 # batch tools/build_engine.py gives it (DEFAULT_BATCH there; P-Net runs one canvas per frame).
-DEFAULT_BATCH_SIZES = {"pnet": 1, "rnet": 64, "onet": 16, "embedder": 4}
+DEFAULT_BATCH_SIZES = {"pnet": 1, "rnet": 64, "onet": 16, "embedder": 4, "liveness": 4}
 # R-Net sees hundreds of candidates on a busy frame; a cap per frame keeps the set from being
 # dominated by a few crowded frames (and its size in bounds). Evenly spaced over the
 # candidates, which come best-scoring first, so the cap keeps the whole range of scores.
-DEFAULT_MAX_PER_FRAME = {"pnet": None, "rnet": 64, "onet": 32, "embedder": None}
+DEFAULT_MAX_PER_FRAME = {"pnet": None, "rnet": 64, "onet": 32, "embedder": None, "liveness": None}
 LAST_BATCH = "padded by repeating its own samples; count is the real samples"
+
+
+def set_name(card: ModelCard) -> str:
+    """The folder of a card's batches, relative to a calibration set: its role, or role/card id for the
+    roles whose every card runs (liveness/minifasnet-v2-2.7)."""
+    return f"{card.role}/{card.id}" if card.role in MULTI_CARD_ROLES else card.role
+
+
+def role_cards(models_dir: Path, role: str) -> list[ModelCard]:
+    """The cards of a role a calibration set is recorded for: the one the door uses, or every liveness card."""
+    if role in MULTI_CARD_ROLES:
+        cards = cards_of(Path(models_dir), role)
+        if not cards:
+            raise ValueError(f"{models_dir}: no model card with role {role!r}")
+        return cards
+    return [find_card(Path(models_dir), role)]
 
 
 @dataclass(frozen=True)
@@ -108,29 +130,40 @@ class _RoleSet:
 
 def build(sources: Sequence[Path], out_dir: Path, options: BuildOptions = BuildOptions(),
           models_dir: Path = MODELS_DIR, progress: Callable[[int, Frame], None] | None = None) -> dict[str, dict]:
-    """Runs the FP32 cascade over the sources' frames and writes out_dir/<role>/; returns the manifests by role."""
+    """Runs the FP32 cascade over the sources' frames and writes out_dir/<role>/ (liveness: out_dir/liveness/<card
+    id>/ per card); returns the manifests by folder name (set_name: the role, or liveness/<card id>)."""
     files = source_files(sources)
-    cards = {role: find_card(Path(models_dir), role) for role in ROLES}
-    sets = {role: _RoleSet(Path(out_dir) / role, options.batch_sizes[role], options.max_per_frame.get(role))
-            for role in options.roles}
+    needed = [role for role in ROLES if role in DETECTOR_ROLES or role in options.roles]
+    cards = {set_name(card): card for role in needed for card in role_cards(models_dir, role)}
+    sets = {name: _RoleSet(Path(out_dir) / name, options.batch_sizes[card.role], options.max_per_frame.get(card.role))
+            for name, card in cards.items() if card.role in options.roles}
     runners = {role: RecordingRunner(open_runner(cards[role].model_path), _recorder(sets, role))
                for role in DETECTOR_ROLES}
+    liveness = [card for card in cards.values() if card.role == "liveness"]
+    checker = LivenessChecker(liveness, [RecordingRunner(open_runner(card.model_path), _recorder(sets, set_name(card)))
+                                         for card in liveness]) if liveness else None
     positions = {path: i for i, path in enumerate(files)}
     frame_count = 0
-    with MtcnnDetector(models_dir, options.detector, runners=runners) as detector:
-        for frame_count, frame in enumerate(iter_frames(files, options.frame_size, options.selection), 1):
-            for role_set in sets.values():
-                role_set.frame = (positions[frame.source], frame.index)
-            faces = detector.detect(frame.rgb)
-            if "embedder" in sets and faces:
-                card = cards["embedder"]
-                chips = np.stack([align(frame.rgb, face.landmarks, card.alignment)[0] for face in faces])
-                sets["embedder"].record(card.preprocess(chips))
-            if progress is not None:
-                progress(frame_count, frame)
+    try:
+        with MtcnnDetector(models_dir, options.detector, runners=runners) as detector:
+            for frame_count, frame in enumerate(iter_frames(files, options.frame_size, options.selection), 1):
+                for role_set in sets.values():
+                    role_set.frame = (positions[frame.source], frame.index)
+                faces = detector.detect(frame.rgb)
+                if "embedder" in sets and faces:
+                    card = cards["embedder"]
+                    chips = np.stack([align(frame.rgb, face.landmarks, card.alignment)[0] for face in faces])
+                    sets["embedder"].record(card.preprocess(chips))
+                if checker is not None and faces:
+                    checker.score(frame.rgb, faces)  # its runners record each net's batch of crops
+                if progress is not None:
+                    progress(frame_count, frame)
+    finally:
+        if checker is not None:
+            checker.close()
     sources_json = [{"path": str(path), "sha256": sha256_of(path)} for path in files]
-    return {role: _finish(role_set, cards[role], role, sources_json, frame_count, options)
-            for role, role_set in sets.items()}
+    return {name: _finish(role_set, cards[name], name, sources_json, frame_count, options)
+            for name, role_set in sets.items()}
 
 
 def _recorder(sets: dict[str, _RoleSet], role: str) -> Callable[[np.ndarray], None]:
@@ -138,15 +171,15 @@ def _recorder(sets: dict[str, _RoleSet], role: str) -> Callable[[np.ndarray], No
     return role_set.record if role_set is not None else (lambda tensor: None)
 
 
-def _finish(role_set: _RoleSet, card: ModelCard, role: str, sources: list[dict], frames_read: int,
+def _finish(role_set: _RoleSet, card: ModelCard, name: str, sources: list[dict], frames_read: int,
             options: BuildOptions) -> dict[str, Any]:
     writer = role_set.writer
     writer.finish()
     if not writer.count:
-        raise ValueError(f"no {role} samples in {frames_read} frames: the cascade found nothing to calibrate on "
+        raise ValueError(f"no {name} samples in {frames_read} frames: the cascade found nothing to calibrate on "
                          "(no faces?); give more or other frames")
     manifest = {
-        "format_version": FORMAT_VERSION, "role": role,
+        "format_version": FORMAT_VERSION, "role": card.role,
         "model": {"card_id": card.id, "onnx": card.file, "onnx_sha256": sha256_of(card.model_path)},
         "input": {"name": card.input_name, "shape": [writer.batch_size, *writer.sample_shape], "dtype": "float32",
                   "layout": "NCHW"},

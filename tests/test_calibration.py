@@ -23,13 +23,14 @@ from skimage import data
 
 from calibration import cli
 from calibration.batches import CACHE_FILE, BatchWriter, CalibrationSetError, iter_batches, read_manifest
-from calibration.dataset import BuildOptions, build
+from calibration.dataset import BuildOptions, build, set_name
 from calibration.fp16 import simulate_fp16, write_fp16_simulation
 from calibration.frames import Selection, iter_frames, letterbox, source_files
 from calibration.quantize import QuantizeOptions, float_node_names, quantize_model
 from engines.align import align
 from engines.embedder import Embedder
-from engines.model_card import find_card, load_card
+from engines.liveness import LivenessChecker, crop_box
+from engines.model_card import cards_of, find_card, load_card
 from engines.mtcnn import MtcnnDetector, pack_pyramid, pyramid_layout
 from engines.onnx_runner import OnnxRunner
 from engines.runner import Runner
@@ -38,7 +39,8 @@ from tests.conftest import DEMO_CLIP, MODELS, REPO
 
 FRAME_SIZE = (640, 480)
 CLIP_SELECTION = Selection(every=60, offset=30, limit=5)  # the photo, then clip frames 30, 90, 150, 210
-UNCAPPED = {"pnet": None, "rnet": None, "onet": None, "embedder": None}
+UNCAPPED = {"pnet": None, "rnet": None, "onet": None, "embedder": None, "liveness": None}
+LIVENESS = cards_of(MODELS, "liveness")
 
 
 class Recorder(Runner):
@@ -141,6 +143,40 @@ def test_manifest_says_what_the_batches_are(sources, calibration_set):
         assert manifest["options"]["fit"] == "letterbox" and manifest["options"]["frame_size"] == [640, 480]
     frames = read_manifest(calibration_set / "pnet")["frames"]
     assert [frame for _, frame, _ in frames] == [0, 30, 90, 150, 210]
+
+
+def test_liveness_batches_are_the_checkers_own_crops_one_folder_per_card(sources, calibration_set):
+    recorders = [Recorder(card.model_path) for card in LIVENESS]
+    with MtcnnDetector(MODELS) as detector, LivenessChecker(LIVENESS, recorders) as checker:
+        for rgb in fitted_frames(sources):
+            faces = detector.detect(rgb)
+            if faces:
+                checker.score(rgb, faces)
+    assert sorted(path.name for path in (calibration_set / "liveness").iterdir()) == sorted(c.id for c in LIVENESS)
+    for card, recorder in zip(LIVENESS, recorders):
+        stored = all_samples(calibration_set / set_name(card))
+        np.testing.assert_array_equal(stored, np.concatenate(recorder.inputs), err_msg=card.id)
+        manifest = read_manifest(calibration_set / set_name(card))
+        assert (manifest["role"], manifest["model"]["card_id"], manifest["batch_size"]) == ("liveness", card.id, 4)
+        assert manifest["input"]["shape"] == [4, 3, 80, 80] and manifest["normalisation"]["channel_order"] == "BGR"
+        assert manifest["count"] == sum(samples for _, _, samples in manifest["frames"]) > 0
+
+
+def test_liveness_crops_are_the_scaled_box_in_bgr_0_to_255(sources, calibration_set):
+    rgb = next(frame for frame in fitted_frames(sources))  # the astronaut: one face
+    with MtcnnDetector(MODELS) as detector:
+        [face] = detector.detect(rgb)
+    for card in LIVENESS:
+        first = all_samples(calibration_set / set_name(card))[0]
+        left, top, right, bottom = crop_box(face.box, rgb.shape[1], rgb.shape[0], card.liveness.crop_scale)
+        crop = cv2.resize(rgb[top:bottom + 1, left:right + 1], (80, 80))
+        assert first.shape == (3, 80, 80)
+        # channel 0 is blue: the frame's RGB crop reversed, NCHW, the raw 0..255 values (no normalisation)
+        np.testing.assert_array_equal(first, crop[..., ::-1].transpose(2, 0, 1).astype(np.float32), err_msg=card.id)
+        assert not np.array_equal(first[0], first[2])
+        samples = all_samples(calibration_set / set_name(card))
+        assert 0 <= samples.min() and samples.max() <= 255 and samples.max() > 200
+        assert (samples == samples.round()).all()
 
 
 def test_the_same_input_gives_the_same_files(sources, calibration_set, tmp_path):
@@ -248,8 +284,11 @@ def test_fp16_simulation_of_rnet_stays_close_but_not_equal_on_real_crops(calibra
 @pytest.fixture(scope="module")
 def quantized(calibration_set, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("int8")
-    return {role: quantize_model(find_card(MODELS, role).path, calibration_set / role, out).model
-            for role in ("pnet", "rnet", "onet", "embedder")}
+    models = {role: quantize_model(find_card(MODELS, role).path, calibration_set / role, out).model
+              for role in ("pnet", "rnet", "onet", "embedder")}
+    for card in LIVENESS:
+        models[set_name(card)] = quantize_model(card.path, calibration_set / set_name(card), out).model
+    return models
 
 
 def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -290,6 +329,31 @@ def test_quantised_model_keeps_opset_and_dynamic_input(quantized, role):
     model = onnx.load(str(quantized[role]))
     assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
     assert model.graph.input[0].type == source.graph.input[0].type  # P-Net: batch, height and width stay dynamic
+
+
+def test_quantised_liveness_nets_load_as_the_door_loads_them_and_keep_a_dynamic_batch(quantized, calibration_set):
+    folder = quantized["rnet"].parent
+    for card in LIVENESS:
+        model = onnx.load(str(quantized[set_name(card)]))
+        assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
+        assert any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+        assert model.graph.input[0].type == onnx.load(str(card.model_path)).graph.input[0].type  # batch dynamic
+    with LivenessChecker.from_models(folder) as int8, LivenessChecker(LIVENESS) as fp32:
+        assert sorted(c.id for c in int8.cards) == sorted(c.id for c in LIVENESS)
+        assert all(c.model_path.parent == folder and ".qdq." in c.file for c in int8.cards)
+        assert int8.threshold == fp32.threshold
+        rgb = data.astronaut()
+        with MtcnnDetector(MODELS) as detector:
+            [face] = detector.detect(rgb)
+        for count in (1, 3):  # batches of other sizes than the calibration batch (4)
+            scores = int8.score(rgb, [face] * count)
+            assert scores.shape == (count,) and np.all(scores == scores[0])
+            assert abs(float(scores[0]) - float(fp32.score(rgb, [face])[0])) < 0.1
+    for card in LIVENESS:  # each net on its calibration crops, live class
+        crops = all_samples(calibration_set / set_name(card))
+        expected = OnnxRunner(card.model_path).run({"input": crops})["prob"][:, 1]
+        got = OnnxRunner(quantized[set_name(card)]).run({"input": crops})["prob"][:, 1]
+        assert np.abs(expected - got).mean() < 0.05, card.id
 
 
 def test_quantised_rnet_stays_close_to_fp32_on_real_crops(quantized, calibration_set):
@@ -432,6 +496,19 @@ def test_cli_builds_and_quantises(tmp_path, capsys):
     assert cli.main(["quantize", str(tmp_path / "cal"), "--roles", "rnet", "--method", "minmax",
                      "-o", str(tmp_path / "int8"), "--json"]) == 0
     assert Path(json.loads(capsys.readouterr().out)["roles"]["rnet"]["model"]).is_file()
+
+
+def test_cli_builds_and_quantises_every_liveness_net(tmp_path, capsys):
+    assert cli.main(["build", str(DEMO_CLIP), "--every", "60", "--offset", "30", "--max-frames", "2",
+                     "--roles", "liveness", "-o", str(tmp_path / "cal"), "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)["roles"]
+    assert sorted(built) == sorted(set_name(card) for card in LIVENESS)
+    assert all(entry["shape"] == [4, 3, 80, 80] for entry in built.values())
+    assert cli.main(["quantize", str(tmp_path / "cal"), "--roles", "liveness", "-o", str(tmp_path / "int8"),
+                     "--json"]) == 0
+    written = json.loads(capsys.readouterr().out)["roles"]
+    assert sorted(written) == sorted(built)
+    assert sorted(c.id for c in cards_of(tmp_path / "int8", "liveness")) == sorted(c.id for c in LIVENESS)
 
 
 def test_cli_quantises_only_the_embedder_unless_told(tmp_path, capsys):

@@ -119,8 +119,8 @@ def test_sidecar_records_what_the_engine_was_built_from(fake, rnet_engine):
     assert datetime.fromisoformat(raw["created"]).tzinfo is not None
 
 
-def write_qdq_model(path: Path) -> Path:
-    """A small valid ONNX with the R-Net input, quantised by QuantizeLinear/DequantizeLinear."""
+def write_qdq_model(path: Path, input_shape: tuple[int, ...] = RNET_INPUT) -> Path:
+    """A small valid ONNX with the R-Net input (or input_shape), quantised by QuantizeLinear/DequantizeLinear."""
     nodes = [helper.make_node("QuantizeLinear", ["input", "scale", "zero"], ["q"]),
              helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["dq"]),
              helper.make_node("ReduceMean", ["dq", "axes"], ["reg"], keepdims=0)]
@@ -128,7 +128,7 @@ def write_qdq_model(path: Path) -> Path:
                  helper.make_tensor("zero", TensorProto.INT8, [], [0]),
                  helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])]
     graph = helper.make_graph(
-        nodes, "qdq", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *RNET_INPUT])],
+        nodes, "qdq", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *input_shape])],
         [helper.make_tensor_value_info("reg", TensorProto.FLOAT, ["batch", 3])], initializer=constants)
     # IR 10: what the oldest ONNX Runtime the constraints pin (1.23, Python 3.10) reads; newest onnx writes 14.
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
@@ -309,6 +309,70 @@ def test_all_builds_every_model_into_the_folder(fake, tmp_path, capsys):
         assert engine.parent == out and engine.name.endswith(".fp16.engine")
         assert Path(entry["sidecar"]) == sidecar_path(engine)
         assert read_metadata(engine).role == entry["metadata"]["model"]["role"]
+
+
+LIVENESS_CARDS = {"minifasnet-v1se-4.0": "minifasnet_v1se_4.0", "minifasnet-v2-2.7": "minifasnet_v2_2.7"}
+LIVENESS_INPUT = (3, 80, 80)
+
+
+def test_all_builds_both_liveness_nets_fp16_with_a_batch_profile(fake, tmp_path, capsys):
+    assert cli("--all", "--frame-size", "640x480", "--out-dir", tmp_path, "--json") == 0
+    liveness = [e for e in json.loads(capsys.readouterr().out) if e["metadata"]["model"]["role"] == "liveness"]
+    assert sorted((e["metadata"]["model"]["id"], Path(e["engine"]).name, e["metadata"]["precision"])
+                  for e in liveness) == [(card, f"{stem}.fp16.engine", "fp16") for card, stem in LIVENESS_CARDS.items()]
+    for entry in liveness:
+        stem = LIVENESS_CARDS[entry["metadata"]["model"]["id"]]
+        assert entry["metadata"]["onnx"]["path"] == str(MODELS / f"{stem}.onnx")
+        assert entry["metadata"]["build"]["profiles"] == {
+            "input": {"min": [1, *LIVENESS_INPUT], "opt": [4, *LIVENESS_INPUT], "max": [32, *LIVENESS_INPUT]}}
+
+
+def liveness_qdq_folder(folder: Path, cards: tuple[str, ...] = tuple(LIVENESS_CARDS)) -> Path:
+    """What `python -m calibration quantize --roles liveness` writes: each liveness card's Q/DQ model and card copy."""
+    folder.mkdir()
+    for card in cards:
+        stem = LIVENESS_CARDS[card]
+        write_qdq_model(folder / f"{stem}.qdq.onnx", LIVENESS_INPUT)
+        text = (MODELS / f"{stem}.yaml").read_text().replace(f"file: {stem}.onnx", f"file: {stem}.qdq.onnx")
+        (folder / f"{stem}.qdq.yaml").write_text(text)
+    return folder
+
+
+def test_all_with_liveness_int8_builds_each_liveness_net_from_its_own_qdq_model(fake, tmp_path, capsys):
+    qdq = liveness_qdq_folder(tmp_path / "int8")
+    assert cli("--all", "--frame-size", "640x480", "--precision", "liveness=int8", "--qdq-models", qdq,
+               "--out-dir", tmp_path / "engines", "--json") == 0
+    built = json.loads(capsys.readouterr().out)
+    assert sorted(e["metadata"]["precision"] for e in built if e["metadata"]["model"]["role"] != "liveness") == \
+        ["fp16"] * 4
+    liveness = {e["metadata"]["model"]["id"]: e for e in built if e["metadata"]["model"]["role"] == "liveness"}
+    assert sorted(liveness) == sorted(LIVENESS_CARDS)
+    for card, entry in liveness.items():
+        stem = LIVENESS_CARDS[card]
+        metadata = read_metadata(Path(entry["engine"]))
+        assert Path(entry["engine"]).name == f"{stem}.qdq.int8.engine" and metadata.precision == "int8"
+        assert metadata.onnx_path == str(qdq / f"{stem}.qdq.onnx")
+        assert metadata.card_path == str(qdq / f"{stem}.qdq.yaml")
+        assert (metadata.options.calibration.method, metadata.options.calibration.source) == ("qdq", f"{stem}.qdq.onnx")
+    assert sum(fake.trt.BuilderFlag.INT8 in config.flags for _, config in fake.calls("build_serialized_network")) == 2
+
+
+def test_liveness_int8_without_each_cards_qdq_model_is_a_usage_error(fake, tmp_path, capsys):
+    qdq = liveness_qdq_folder(tmp_path / "int8", ("minifasnet-v2-2.7",))
+    assert cli("--all", "--frame-size", "640x480", "--precision", "liveness=int8", "--qdq-models", qdq,
+               "--out-dir", tmp_path / "engines") == 2
+    error = capsys.readouterr().err
+    assert "'minifasnet-v1se-4.0'" in error and "python -m calibration quantize --roles liveness" in error
+    assert fake.calls("build_serialized_network") == []
+
+
+def test_liveness_int8_by_the_calibrator_wants_a_folder_per_liveness_card(fake, tmp_path, capsys):
+    for role in ("pnet", "rnet", "onet", "embedder", "liveness/minifasnet-v2-2.7"):
+        (tmp_path / "cal" / role).mkdir(parents=True)
+    assert cli("--all", "--frame-size", "640x480", "--precision", "int8", "--calibrator", tmp_path / "cal",
+               "--out-dir", tmp_path / "engines") == 2
+    assert f"{tmp_path / 'cal' / 'liveness' / 'minifasnet-v1se-4.0'} is not a folder" in capsys.readouterr().err
+    assert fake.calls("build_serialized_network") == []
 
 
 def models_with_two_embedders(tmp_path) -> Path:

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Benchmark the face pipeline per stage on a video.
 
-Runs detection (P-Net, R-Net, O-Net), alignment and embedding of every face
-over frames of a video and prints median and p90 latency per stage, faces per
-frame, frames per second and peak memory, for 1 and 2 intra-op threads per
+Runs detection (P-Net, R-Net, O-Net), alignment, embedding and the liveness
+check (engines/liveness.py: every liveness net on all faces of the frame in one
+batch, with the configured sessions) of every face over frames of a video and
+prints median and p90 latency per stage, the liveness check's cost per face,
+faces per frame, frames per second and peak memory, for 1 and 2 intra-op threads per
 session and 1 and 2 sessions per model (engines.onnx_runner: each batch split
 between the sessions, P-Net's canvas in bands), with the packed pyramid and
 level by level. Each configuration runs in its own process so peak memory and
@@ -32,13 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines.align import align  # noqa: E402
 from engines.embedder import Embedder  # noqa: E402
+from engines.liveness import LivenessChecker  # noqa: E402
 from engines.manifest import MODELS_DIR  # noqa: E402
 from engines.model_card import find_card  # noqa: E402
 from engines.mtcnn import DetectorConfig, MtcnnDetector  # noqa: E402
 from engines.runner import Runner, open_runner  # noqa: E402
 
 DEMO_CLIP = Path(__file__).resolve().parents[1] / "daemon" / "demo" / "video_02_hikers_walking_towards_camera.mp4"
-STAGES = ("pnet", "rnet", "onet", "detect", "align", "embed", "total")
+STAGES = ("pnet", "rnet", "onet", "detect", "align", "embed", "liveness", "total")
 
 
 class TimedRunner(Runner):
@@ -99,11 +102,15 @@ def measure(video: Path, stride: int, min_face: float, threads: int, sessions: i
             for role in ("pnet", "rnet", "onet")}
     detector = MtcnnDetector(config=DetectorConfig(min_face_size=min_face, packed=packed), runners=nets)
     embedder = Embedder.from_models(threads=threads, sessions=sessions)
-    detector.detect(frames[0])  # first-call allocations are not what a running door pays
+    liveness = LivenessChecker.from_models(threads=threads, sessions=sessions)
+    first = detector.detect(frames[0])  # first-call allocations are not what a running door pays
+    if first:
+        liveness.score(frames[0], first)
     for net in nets.values():
         net.take()
     times = {stage: [] for stage in STAGES}
     faces = 0
+    per_face = []  # liveness ms / faces, on frames with faces
     wall = time.perf_counter()
     for rgb in frames:
         t0 = time.perf_counter()
@@ -114,15 +121,24 @@ def measure(video: Path, stride: int, min_face: float, threads: int, sessions: i
         if chips:
             embedder.embed(chips)
         t3 = time.perf_counter()
+        if found:
+            liveness.score(rgb, found)
+        t4 = time.perf_counter()
         faces += len(found)
+        if found:
+            per_face.append((t4 - t3) * 1000 / len(found))
         for role, net in nets.items():
             times[role].append(net.take())
-        for stage, seconds in (("detect", t1 - t0), ("align", t2 - t1), ("embed", t3 - t2), ("total", t3 - t0)):
+        for stage, seconds in (("detect", t1 - t0), ("align", t2 - t1), ("embed", t3 - t2), ("liveness", t4 - t3),
+                               ("total", t4 - t0)):
             times[stage].append(seconds * 1000)
     wall = time.perf_counter() - wall
     return {
         "min_face": min_face, "threads": threads, "sessions": sessions, "packed": packed, "frames": len(frames),
         "faces_per_frame": faces / len(frames), "fps": len(frames) / wall,
+        # the liveness check per face: all liveness time over all faces, and the median over frames with faces
+        "liveness_per_face": sum(times["liveness"]) / faces if faces else float("nan"),
+        "liveness_per_face_median": statistics.median(per_face) if per_face else float("nan"),
         "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "median": {s: statistics.median(v) for s, v in times.items()},
         "p90": {s: float(np.percentile(v, 90)) for s, v in times.items()},
@@ -163,14 +179,18 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results, indent=2))
         return 0
     print(f"{args.video.name}, 640x480, every {args.stride} frame(s); median / p90 ms per frame, "
-          f"each the median of {args.repeat} runs; 'total range' is the spread of the runs' median totals")
+          f"each the median of {args.repeat} runs; 'total range' is the spread of the runs' median totals; "
+          "'live/face': the liveness check's ms per face (all its time over all faces; the median over frames "
+          "with faces)")
     header = f"{'min face':>8} {'thr':>3} {'ses':>3} {'pyramid':>8} | " + " ".join(f"{s:>11}" for s in STAGES)
-    print(header + f" | {'total range':>11} | {'faces':>5} {'fps':>5} {'peak MiB':>8}")
+    print(header + f" | {'total range':>11} | {'live/face':>9} | {'faces':>5} {'fps':>5} {'peak MiB':>8}")
     for r in results:
         cells = " ".join(f"{r['median'][s]:5.1f}/{r['p90'][s]:<5.1f}" for s in STAGES)
         spread = f"{r['total_range'][0]:.1f}-{r['total_range'][1]:.1f}"
+        per_face = f"{r['liveness_per_face']:.1f}/{r['liveness_per_face_median']:.1f}"
         print(f"{r['min_face']:8g} {r['threads']:3d} {r['sessions']:3d} {'packed' if r['packed'] else 'levels':>8} | "
-              f"{cells} | {spread:>11} | {r['faces_per_frame']:5.2f} {r['fps']:5.1f} {r['peak_mib']:8.0f}")
+              f"{cells} | {spread:>11} | {per_face:>9} | {r['faces_per_frame']:5.2f} {r['fps']:5.1f} "
+              f"{r['peak_mib']:8.0f}")
     return 0
 
 
@@ -182,6 +202,8 @@ def summarise(runs: list[dict]) -> dict:
         **{key: first[key] for key in ("min_face", "threads", "sessions", "packed", "frames", "faces_per_frame")},
         "runs": len(runs), "total_range": [min(totals), max(totals)],
         "fps": statistics.median(r["fps"] for r in runs),
+        "liveness_per_face": statistics.median(r["liveness_per_face"] for r in runs),
+        "liveness_per_face_median": statistics.median(r["liveness_per_face_median"] for r in runs),
         "peak_mib": max(r["peak_mib"] for r in runs),
         "median": {s: statistics.median(r["median"][s] for r in runs) for s in STAGES},
         "p90": {s: statistics.median(r["p90"][s] for r in runs) for s in STAGES},

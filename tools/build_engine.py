@@ -116,7 +116,8 @@ def make_parser() -> argparse.ArgumentParser:
                              "quantize) rather than from --models")
     parser.add_argument("--calibrator", type=Path, metavar="DIR",
                         help="INT8 by TensorRT's entropy calibrator over this calibration batch folder (with --all: "
-                             "one subfolder per role, DIR/rnet, ...); without it, INT8 expects a Q/DQ ONNX")
+                             "one subfolder per role, DIR/rnet, ..., DIR/liveness/<card id>); without it, INT8 "
+                             "expects a Q/DQ ONNX")
     parser.add_argument("--max-batch", type=_positive, help="largest batch the engine accepts (R-Net, O-Net, embedder, "
                         f"liveness; defaults {', '.join(f'{r} {b[1]}' for r, b in DEFAULT_BATCH.items())})")
     parser.add_argument("--opt-batch", type=_positive,
@@ -184,6 +185,11 @@ def source_for(args: argparse.Namespace, card: ModelCard, precision: str) -> tup
     if precision != "int8" or args.qdq_models is None:
         return card.model_path, card
     try:
+        if card.role == "liveness":  # every liveness card runs: each one's Q/DQ copy, which keeps its id
+            matches = [quantized for quantized in cards_of(args.qdq_models, card.role) if quantized.id == card.id]
+            if not matches:
+                raise ModelCardError(f"{args.qdq_models}: no model card with id {card.id!r}")
+            return matches[0].model_path, matches[0]
         quantized = find_card(args.qdq_models, card.role)
     except ModelCardError as error:
         raise UsageError(f"--qdq-models: {error} (python -m calibration quantize --roles {card.role})") from None
@@ -237,7 +243,10 @@ def calibration_for(args: argparse.Namespace, onnx: Path, card: ModelCard, preci
         return None
     if args.calibrator is None:
         return Calibration("qdq", onnx.name)
-    folder = args.calibrator / card.role if args.all else args.calibrator
+    # --all: one subfolder per role, and per card for liveness (calibration/dataset.py's set_name)
+    folder = args.calibrator
+    if args.all:
+        folder = folder / card.role / (card.id if card.role == "liveness" else "")
     if not folder.is_dir():
         raise UsageError(f"--calibrator: {folder} is not a folder of calibration batches")
     return Calibration("entropy", str(folder.resolve()))

@@ -23,6 +23,21 @@ Calibration and evaluation data never overlap:
   speed        median ms of each model, FP32 and INT8, one thread, on
                calibration inputs (P-Net: one canvas, R-Net 64, O-Net 16 crops,
                embedder 1 chip).
+  liveness     both liveness nets (every card of role liveness), calibrated on
+               their 80x80 crops of the faces FP32 finds in the calibration
+               frames (engines/liveness.py's own crops, calibration/dataset.py:
+               liveness/<card id>), all live faces; then FP32 against INT8:
+               each net's live probability on the held-out clip crops, the
+               combined live score of every FP32 face of the evaluation clip
+               frames (live, the door's camera), and on
+               ../shared/data/sets/spoof_dev/MANIFEST.tsv as
+               tools/evaluate_liveness.py judges it (the largest face of each
+               image, videos per track; FP32's faces replayed for INT8, so only
+               the liveness nets differ): the live scores' median and max
+               absolute difference, the decisions that flip at the cards'
+               threshold, and APCER/BPCER/ACER/AUC of FP32, INT8 and simulated
+               FP16 (what build_engine.py --all builds by default); speed of
+               each net on 1 crop.
 
 examples:
   python tools/int8_quality.py
@@ -47,7 +62,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from calibration.batches import iter_batches  # noqa: E402
-from calibration.dataset import BuildOptions, build  # noqa: E402
+from calibration.dataset import BuildOptions, build, set_name  # noqa: E402
 from calibration.fp16 import write_fp16_simulation  # noqa: E402
 from calibration.frames import Selection, iter_frames  # noqa: E402
 from calibration.quantize import METHODS, QuantizeOptions, quantize_model  # noqa: E402
@@ -57,10 +72,12 @@ from engines.embedder import Embedder  # noqa: E402
 from engines.errors import ImageError  # noqa: E402
 from engines.face import Face  # noqa: E402
 from engines.images import load_image  # noqa: E402
+from engines.liveness import LivenessChecker  # noqa: E402
 from engines.manifest import MODELS_DIR  # noqa: E402
-from engines.model_card import find_card  # noqa: E402
+from engines.model_card import ModelCard, cards_of, find_card  # noqa: E402
 from engines.mtcnn import DetectorConfig, MtcnnDetector  # noqa: E402
 from engines.onnx_runner import OnnxRunner  # noqa: E402
+from tools import evaluate_liveness as pad  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "daemon" / "demo" / "video_02_hikers_walking_towards_camera.mp4"
@@ -74,6 +91,11 @@ SPEED_BATCH = {"pnet": 1, "rnet": 64, "onet": 16, "embedder": 1}
 SPEED_REPEATS = 30
 HELDOUT_BATCHES = 40  # per role, for the output errors
 MIN_FACE = DetectorConfig().min_face_size
+LIVENESS_MANIFEST = SHARED_DATA / "sets" / "spoof_dev" / "MANIFEST.tsv"
+LIVENESS_MIN_FACE = 20.0  # as tools/evaluate_liveness.py detects
+LIVENESS_VIDEO_STRIDE = 1  # every frame of the dev videos, as tools/evaluate_liveness.py by default
+LIVENESS_SPEED_BATCH = 1  # crops per net call: a door frame holds one or two faces
+KEEP_FP16_ROLES = (*ROLES, "liveness")
 
 
 @dataclass
@@ -90,6 +112,22 @@ class Reference:
     dev_chips: np.ndarray  # N x H x W x 3, aligned from FP32's faces
     dev_embeddings: np.ndarray
     dev_missed: int  # photos where FP32 found no face
+    liveness: "LivenessReference | None" = None  # None: no liveness cards or no spoof_dev manifest
+
+
+@dataclass
+class LivenessReference:
+    """FP32 liveness on the evaluation data: scores, and the faces FP32 found on the dev set to replay."""
+
+    cards: list[ModelCard]
+    threshold: float
+    clip_scores: np.ndarray  # the combined score of every FP32 face of the evaluation clip frames
+    rows: list[dict[str, str]]  # the dev manifest
+    root: Path
+    detections: list[tuple[tuple[int, ...], list[Face]]]  # every detect call of the FP32 pass: frame shape, faces
+    items: list[Any]  # tools/evaluate_liveness.py's Items, FP32
+    face_scores: np.ndarray  # every face scored on the dev set (each scored video frame's too), in call order
+    fp16: dict[str, Any]  # simulated FP16 nets against FP32, as liveness_figures reports INT8
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"methods": results, "targets": targets(results[methods[0]], reference.fp16),
               "judged_method": methods[0], "kept_fp16": list(keep_fp16), "fp32_jitter": reference.jitter,
               "fp16": reference.fp16,
-              "fp32_dev_photos_without_face": reference.dev_missed}
+              "fp32_dev_photos_without_face": reference.dev_missed,
+              "liveness_fp16": reference.liveness.fp16 if reference.liveness else None}
     print(json.dumps(report, indent=1) if args.json else render(report))
     return 0 if all(t["pass"] for t in report["targets"]) else 1
 
@@ -138,7 +177,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exclude", action="append", default=[], metavar="ROLE:NODE",
                         help="keep this node of this role's model in float (repeatable)")
     parser.add_argument("--keep-fp16", action="append", default=[], metavar="ROLE",
-                        help="measure this role's model in simulated FP16 instead of INT8 (repeatable), e.g. pnet")
+                        help="measure this role's model in simulated FP16 instead of INT8 (repeatable), e.g. pnet; "
+                             "liveness: both liveness nets")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser
 
@@ -162,9 +202,9 @@ def parse_exclude(items: list[str]) -> dict[str, tuple[str, ...]]:
 
 
 def parse_roles(items: list[str]) -> tuple[str, ...]:
-    unknown = sorted(set(items) - set(ROLES))
+    unknown = sorted(set(items) - set(KEEP_FP16_ROLES))
     if unknown:
-        raise ValueError(f"--keep-fp16 {unknown[0]!r}: expected one of {', '.join(ROLES)}")
+        raise ValueError(f"--keep-fp16 {unknown[0]!r}: expected one of {', '.join(KEEP_FP16_ROLES)}")
     return tuple(items)
 
 
@@ -198,7 +238,9 @@ def fp32_reference(dev: Path, work_dir: Path) -> Reference:
     frames, identities, chips, missed = dev_chips(dev)
     with Embedder.from_models() as embedder:
         embeddings = embedder.embed(chips)
-    return Reference(clip, clip_faces, jitter, fp16_faces, heldout, frames, identities, chips, embeddings, missed)
+    liveness = liveness_reference(clip, clip_faces, work_dir)
+    return Reference(clip, clip_faces, jitter, fp16_faces, heldout, frames, identities, chips, embeddings, missed,
+                     liveness)
 
 
 def read_identities(tsv: Path) -> list[tuple[Path, str]]:
@@ -232,6 +274,75 @@ def largest_face(detector: MtcnnDetector, path: Path) -> tuple[Face | None, np.n
     return (max(faces, key=lambda f: f.width) if faces else None), rgb
 
 
+class ReplayDetector:
+    """Records the faces a detector finds, call by call; replays them on a second pass over the same frames."""
+
+    def __init__(self, detector: MtcnnDetector | None = None,
+                 recorded: list[tuple[tuple[int, ...], list[Face]]] | None = None) -> None:
+        self.detector, self.recorded, self.position = detector, recorded if recorded is not None else [], 0
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        if self.detector is not None:
+            faces = self.detector.detect(rgb)
+            self.recorded.append((rgb.shape, faces))
+            return faces
+        shape, faces = self.recorded[self.position]
+        if shape != rgb.shape:
+            raise RuntimeError(f"replayed detection {self.position} was of a {shape} frame, not {rgb.shape}")
+        self.position += 1
+        return faces
+
+
+class ScoreLog:
+    """A LivenessChecker that keeps every score it gives, in call order."""
+
+    def __init__(self, checker: LivenessChecker) -> None:
+        self.checker, self.scores = checker, []
+
+    def score(self, rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
+        scores = self.checker.score(rgb, faces)
+        self.scores.append(scores)
+        return scores
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.checker, name)
+
+    def all_scores(self) -> np.ndarray:
+        return np.concatenate(self.scores) if self.scores else np.empty(0, np.float32)
+
+
+def liveness_reference(clip: list[np.ndarray], clip_faces: list[list[Face]],
+                       work_dir: Path) -> LivenessReference | None:
+    cards = cards_of(MODELS_DIR, "liveness")
+    if not cards or not LIVENESS_MANIFEST.exists():
+        print(f"liveness skipped: {'no liveness cards' if not cards else f'{LIVENESS_MANIFEST} is absent'}",
+              file=sys.stderr)
+        return None
+    rows, root = pad.read_manifest(LIVENESS_MANIFEST, None)
+    with LivenessChecker(cards) as checker, \
+            MtcnnDetector(config=DetectorConfig(min_face_size=LIVENESS_MIN_FACE)) as detector:
+        threshold = checker.threshold
+        clip_scores = score_clip(checker, clip, clip_faces)
+        replay, log = ReplayDetector(detector), ScoreLog(checker)
+        items = pad.score_all(rows, root, pad.Scorer(replay, log), LIVENESS_VIDEO_STRIDE)
+    reference = LivenessReference(cards, threshold, clip_scores, rows, root, replay.recorded, items,
+                                  log.all_scores(), {})
+    fp16 = {set_name(card): write_fp16_simulation(card.model_path, work_dir / "fp16") for card in cards}
+    reference.fp16 = liveness_scores_against(fp16, reference, clip, clip_faces)
+    return reference
+
+
+def score_clip(checker: LivenessChecker, clip: list[np.ndarray], clip_faces: list[list[Face]]) -> np.ndarray:
+    """The combined live score of every face, all faces of a frame in one batch, as the door scores them."""
+    scores = [checker.score(frame, faces) for frame, faces in zip(clip, clip_faces) if faces]
+    return np.concatenate(scores) if scores else np.empty(0, np.float32)
+
+
+def liveness_checker(models: dict[str, Path], cards: list[ModelCard]) -> LivenessChecker:
+    """The liveness cards with the nets of `models` (INT8 or simulated FP16), keyed by set_name."""
+    return LivenessChecker(cards, [OnnxRunner(models[set_name(card)]) for card in cards])
+
+
 # --- quantising ---------------------------------------------------------------------------------
 
 def quantize_all(calibration: Path, out_dir: Path, options: QuantizeOptions, exclude: dict[str, tuple[str, ...]],
@@ -245,6 +356,12 @@ def quantize_all(calibration: Path, out_dir: Path, options: QuantizeOptions, exc
         else:
             options_here = replace(options, exclude=exclude[role])
             models[role] = quantize_model(card.path, calibration / role, out_dir, options_here).model
+    for card in cards_of(MODELS_DIR, "liveness"):  # every liveness card runs: each its own model, by set_name
+        name = set_name(card)
+        if "liveness" in keep_fp16:
+            models[name] = write_fp16_simulation(card.model_path, out_dir)
+        elif (calibration / name).is_dir():
+            models[name] = quantize_model(card.path, calibration / name, out_dir, options).model
     return models
 
 
@@ -254,7 +371,73 @@ def measure(models: dict[str, Path], reference: Reference, calibration: Path) ->
     return {"output_error": output_errors(models, reference.heldout),
             "embedding": embedding_figures(models, reference),
             "detection": detection_figures(models, reference),
-            "speed_ms": speed_figures(models, calibration)}
+            "speed_ms": speed_figures(models, calibration),
+            "liveness": liveness_figures(models, reference, calibration)}
+
+
+def liveness_figures(models: dict[str, Path], reference: Reference, calibration: Path) -> dict[str, Any] | None:
+    """FP32 against INT8 (or simulated FP16 with --keep-fp16 liveness) for the liveness nets."""
+    ref = reference.liveness
+    if ref is None or any(set_name(card) not in models for card in ref.cards):
+        return None
+    figures = liveness_scores_against(models, ref, reference.clip_frames, reference.clip_faces)
+    nets, speed = {}, {}
+    for card in ref.cards:
+        name, live = set_name(card), card.liveness.live_class
+        expected, got = [], []
+        with OnnxRunner(card.model_path) as fp32, OnnxRunner(models[name]) as int8:
+            for batch in iter_batches(reference.heldout / name, stop=HELDOUT_BATCHES):
+                expected.append(fp32.run({card.input_name: batch})[card.outputs["prob"]][:, live])
+                got.append(int8.run({card.input_name: batch})[card.outputs["prob"]][:, live])
+            difference = np.abs(np.concatenate(expected) - np.concatenate(got))
+            nets[card.id] = {"crops": len(difference), "mean_abs_diff": float(difference.mean()),
+                             "max_abs_diff": float(difference.max())}
+            batch = next(iter_batches(calibration / name))[:LIVENESS_SPEED_BATCH]
+            fp32_ms, int8_ms = median_ms([fp32.run, int8.run], {card.input_name: batch})
+        speed[card.id] = {"input": list(batch.shape), "fp32": fp32_ms, "int8": int8_ms}
+    return {**figures, "heldout_live_probability": nets, "speed_ms": speed}
+
+
+def liveness_scores_against(models: dict[str, Path], ref: LivenessReference, clip: list[np.ndarray],
+                            clip_faces: list[list[Face]] | None = None) -> dict[str, Any]:
+    """The nets of `models` against FP32: score agreement on the clip's and the dev set's faces, and the dev
+    set's APCER/BPCER for both (the dev set's faces are FP32's, replayed)."""
+    with liveness_checker(models, ref.cards) as checker:
+        clip_scores = score_clip(checker, clip, clip_faces) if clip_faces is not None else None
+        log = ScoreLog(checker)
+        items = pad.score_all(ref.rows, ref.root, pad.Scorer(ReplayDetector(recorded=ref.detections), log),
+                              LIVENESS_VIDEO_STRIDE)
+    both = np.array([(a.score, b.score) for a, b in zip(ref.items, items)
+                     if a.score is not None and b.score is not None], np.float64).reshape(-1, 2)
+    figures = {"cards": [card.id for card in ref.cards], "threshold": ref.threshold,
+               "dev_faces": agreement(ref.face_scores, log.all_scores(), ref.threshold),
+               "dev_presentations": agreement(both[:, 0], both[:, 1], ref.threshold),
+               "dev_fp32": pad_rates(ref.items, ref.threshold), "dev_int8": pad_rates(items, ref.threshold)}
+    if clip_faces is not None:
+        figures = {"clip_faces": agreement(ref.clip_scores, clip_scores, ref.threshold), **figures}
+    return figures
+
+
+def agreement(fp32: np.ndarray, other: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Median and max |FP32 - other| of live scores, and the decisions at the threshold that differ."""
+    fp32, other = np.asarray(fp32, np.float64), np.asarray(other, np.float64)
+    if fp32.shape != other.shape:
+        raise RuntimeError(f"{len(fp32)} FP32 scores against {len(other)}: the passes scored different faces")
+    difference = np.abs(fp32 - other)
+    return {"count": len(fp32), "median_abs_diff": float(np.median(difference)) if len(fp32) else None,
+            "max_abs_diff": float(difference.max()) if len(fp32) else None,
+            "flipped": int(np.sum((fp32 >= threshold) != (other >= threshold))),
+            "live_fp32": int(np.sum(fp32 >= threshold)), "live_other": int(np.sum(other >= threshold))}
+
+
+def pad_rates(items: list[Any], threshold: float) -> dict[str, Any]:
+    """tools/evaluate_liveness.py's measures at the threshold, the headline and per attack type and source."""
+    report, _ = pad.evaluate(items, threshold, pad.APCER_POINTS[0])
+    keys = ("apcer", "bpcer", "acer", "auc", "live_scored", "spoof_scored")
+    return {**{key: report[key] for key in (*keys, "apcer_worst_attack", "bpcer_at_apcer_0.01")},
+            "no_face": len(report["no_face"]),
+            "per_attack": {name: {key: g[key] for key in keys} for name, g in report["per_attack"].items()},
+            "per_source": {name: {key: g[key] for key in keys} for name, g in report["per_source"].items()}}
 
 
 def output_errors(models: dict[str, Path], heldout: Path) -> dict[str, dict[str, float]]:
@@ -427,6 +610,7 @@ def render(report: dict[str, Any]) -> str:
         lines += render_embedding(figures["embedding"])
         lines += render_detection(figures["detection"], report["fp32_jitter"], report["fp16"])
         lines += render_speed(figures["speed_ms"])
+        lines += render_liveness(figures["liveness"], report["liveness_fp16"], "liveness" in report["kept_fp16"])
     lines.append(f"\ntargets ({report['judged_method']}; FP32 found no face in "
                  f"{report['fp32_dev_photos_without_face']} dev photos, left out):")
     lines += [f"  {'PASS' if t['pass'] else 'FAIL'}  {t['target']}: {t['value']}" for t in report["targets"]]
@@ -467,6 +651,44 @@ def render_speed(speed: dict[str, Any]) -> list[str]:
     for role, t in speed.items():
         shape = "x".join(map(str, t["input"]))
         lines.append(f"{role:34} {shape:>14} {t['fp32']:>9.2f} {t['int8']:>9.2f} {t['int8'] / t['fp32']:>6.2f}")
+    return lines
+
+
+def render_liveness(figures: dict[str, Any] | None, fp16: dict[str, Any] | None, kept_fp16: bool) -> list[str]:
+    if figures is None:
+        return ["liveness: not measured (no liveness cards, or no spoof_dev manifest)"]
+    other = "FP16 (simulated)" if kept_fp16 else "INT8"
+    lines = [f"liveness ({', '.join(figures['cards'])}; threshold {figures['threshold']:g}): |FP32 - {other}| of "
+             "live scores",
+             f"  {'':40} {'count':>6} {'median':>8} {'max':>7} {'flipped':>7} {'live FP32':>9} {'live ' + other:>9}"]
+    for label, key in [("door clip, every FP32 face", "clip_faces"), ("spoof_dev, every face scored", "dev_faces"),
+                       ("spoof_dev, per presentation", "dev_presentations")]:
+        a = figures[key]
+        lines.append(f"  {label:40} {a['count']:>6} {a['median_abs_diff']:>8.4f} {a['max_abs_diff']:>7.4f} "
+                     f"{a['flipped']:>7} {a['live_fp32']:>9} {a['live_other']:>9}")
+    for card, net in figures["heldout_live_probability"].items():  # each net's own live-class probability
+        lines.append(f"  {card + ', held-out clip crops':40} {net['crops']:>6} {net['mean_abs_diff']:>8.4f} "
+                     f"{net['max_abs_diff']:>7.4f}   (mean, not median)")
+    lines.append(f"  {'spoof_dev at the threshold':40} {'APCER':>7} {'BPCER':>7} {'ACER':>7} {'AUC':>7} "
+                 f"{'worst attack':>12} {'no face':>7}")
+    results = [("FP32", figures["dev_fp32"]), (other, figures["dev_int8"])]
+    if fp16 is not None and not kept_fp16:
+        results.append(("FP16 (simulated)", fp16["dev_int8"]))
+    for label, r in results:
+        auc = "-" if r["auc"] is None else f"{r['auc']:.4f}"
+        lines.append(f"  {label:40} {pad._percent(r['apcer']):>7} {pad._percent(r['bpcer']):>7} "
+                     f"{pad._percent(r['acer']):>7} {auc:>7} {pad._percent(r['apcer_worst_attack']):>12} "
+                     f"{r['no_face']:>7}")
+    for name in (n for n in figures["dev_fp32"]["per_attack"] if n != "none"):
+        lines.append(f"  APCER, attack {name}: " + ", ".join(
+            f"{label} {pad._percent(r['per_attack'][name]['apcer'])}" for label, r in results))
+    if fp16 is not None and not kept_fp16:
+        a = fp16["dev_faces"]
+        lines.append(f"  FP16 (simulated) vs FP32 on spoof_dev faces: median {a['median_abs_diff']:.5f}, "
+                     f"max {a['max_abs_diff']:.4f}, {a['flipped']} flipped")
+    lines.append(f"  {'speed, 1 thread':40} {'input':>14} {'FP32 ms':>9} {other + ' ms':>9}")
+    for card, t in figures["speed_ms"].items():
+        lines.append(f"  {card:40} {'x'.join(map(str, t['input'])):>14} {t['fp32']:>9.2f} {t['int8']:>9.2f}")
     return lines
 
 
