@@ -10,6 +10,7 @@ at the start and end (flat memory means no leak).
 examples:
   python tools/soak.py                 # 10 minutes
   python tools/soak.py --minutes 60 --sample 30
+  python tools/soak.py --minutes 2 --liveness off   # the same without presentation-attack detection
 """
 from __future__ import annotations
 
@@ -58,12 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--sample", type=float, default=60.0, help="seconds between memory samples")
+    parser.add_argument("--liveness", choices=("on", "off"), default="on",
+                        help="presentation-attack detection in the decision (default on, as at a door)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
     with tempfile.TemporaryDirectory(prefix="facegate-soak-") as state:
         raw = demo_config(Path(state))
         raw["camera"]["loop"] = True
+        raw["liveness"] = {"enabled": args.liveness == "on"}
         config = config_module.parse(raw)
         enrol_from_clip(config, DEMO_CLIP, ENROL_FRAME, "Lead Hiker")
         latency = Latency()
