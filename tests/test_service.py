@@ -495,7 +495,8 @@ def test_liveness_config_defaults_and_errors_name_the_key(tmp_path):
 def test_check_config_refuses_a_bad_liveness_threshold(tmp_path):
     bad = tmp_path / "bad.yaml"
     raw = yaml.safe_load(config_module.EXAMPLE_PATH.read_text())
-    assert raw["liveness"] == {"enabled": True, "threshold": None, "models_dir": None}, "the example shows the defaults"
+    assert raw["liveness"] == {"enabled": True, "threshold": None, "models_dir": None, "engines": {}}, \
+        "the example shows the defaults"
     raw["liveness"]["threshold"] = 2
     bad.write_text(yaml.safe_dump(raw))
     result = subprocess.run([sys.executable, "-m", "daemon", "check-config", str(bad)],
