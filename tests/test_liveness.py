@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import threading
 from pathlib import Path
 
 import cv2
@@ -177,6 +178,30 @@ def test_all_faces_of_a_frame_go_in_one_batch_per_net_split_across_sessions(astr
         assert runner.batches == [5] and sorted(runner.chunks) == [2, 3]
     np.testing.assert_allclose(split, expected, rtol=0, atol=1e-6)
     assert expected.std() > 0.01  # different crops, different scores: the comparison is not vacuous
+
+
+class ThreadRecordingRunner(OnnxRunner):
+    """Records the thread each run() was called from."""
+
+    def __init__(self, path, sessions: int) -> None:
+        super().__init__(path, sessions=sessions)
+        self.threads: list[str] = []
+
+    def run(self, inputs):
+        self.threads.append(threading.current_thread().name)
+        return super().run(inputs)
+
+
+@pytest.mark.parametrize("sessions", [1, 2])
+def test_the_nets_run_side_by_side_only_where_every_runner_does(astronaut, detector, sessions):
+    faces = detector.detect(astronaut)
+    runners = [ThreadRecordingRunner(card.model_path, sessions) for card in CARDS]
+    with LivenessChecker(CARDS, runners) as checker:
+        checker.score(astronaut, faces)
+    first, second = (runner.threads for runner in runners)
+    assert first == [threading.current_thread().name]
+    # One session (or a TensorRT engine) runs every net on the caller's thread, the inference thread.
+    assert (second != first) == (sessions > 1)
 
 
 class FakeRunner(Runner):
