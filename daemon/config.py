@@ -14,6 +14,8 @@ import yaml
 
 from daemon.decision import DecisionConfig
 from daemon.door import DoorConfig
+from daemon.fleet.settings import MqttSettings, parse_mqtt
+from daemon.metrics import MetricsSettings, parse_metrics
 from daemon.policy import Policy
 from daemon.settings import ConfigError, Section
 from daemon.sources import SourceConfig, parse_source_config
@@ -25,7 +27,7 @@ from engines.quality import QualityLimits
 DEFAULT_PATH = Path("/etc/facegate/config.yaml")
 EXAMPLE_PATH = Path(__file__).resolve().parent / "config.example.yaml"
 SECTIONS = {"camera", "detector", "embedder", "quality", "gallery", "decision", "liveness", "door", "policy",
-            "events", "logging", "watchdog"}
+            "events", "logging", "watchdog", "mqtt", "metrics"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -89,6 +91,8 @@ class Config:
     log_level: str
     stall_seconds: float
     status_seconds: float
+    mqtt: MqttSettings | None = None  # None: no broker (the default)
+    metrics: MetricsSettings | None = None  # None: no metrics endpoint (the default)
 
 
 def load(path: str | Path) -> Config:
@@ -110,6 +114,7 @@ def parse(raw: Any, path: Path | None = None) -> Config:
     decision = top.section("decision", {"threshold", "margin", "k", "n", "tracker_iou", "track_max_age"})
     logging_section = top.section("logging", {"level", "status_seconds"})
     watchdog = top.section("watchdog", {"stall_seconds"})
+    door = DoorConfig.from_config(top.raw.get("door"), "door")
     return Config(
         path=path,
         camera=parse_source_config(top.raw.get("camera"), "camera"),
@@ -122,13 +127,29 @@ def parse(raw: Any, path: Path | None = None) -> Config:
         liveness=_liveness(top.section("liveness", {"enabled", "threshold", "models_dir", "engines"}), models),
         tracker_iou=decision.number("tracker_iou", 0.3, low=0.01, high=1),
         track_max_age=decision.number("track_max_age", 1.0, low=0.05, high=60),
-        door=DoorConfig.from_config(top.raw.get("door"), "door"),
+        door=door,
         policy=Policy.from_config(top.raw.get("policy"), "policy"),
         events=_events(top.section("events", {"path", "max_rows", "max_age_days", "snapshots", "unknown_log_interval"}), state),
         log_level=logging_section.choice("level", LOG_LEVELS, "INFO"),
         status_seconds=logging_section.number("status_seconds", 10.0, low=0.5, high=3600),
         stall_seconds=watchdog.number("stall_seconds", 5.0, low=0.5, high=600),
+        mqtt=_mqtt(top.raw.get("mqtt"), door.name),
+        metrics=parse_metrics(top.raw.get("metrics")),
     )
+
+
+def _mqtt(raw: Any, door_name: str) -> MqttSettings | None:
+    """The mqtt section, with the front desk's public key read now so check-config catches a bad one."""
+    settings = parse_mqtt(raw, door_name)
+    if settings is not None and settings.gallery_public_key is not None:
+        from daemon.bundles import BundleError, load_public_key
+
+        try:
+            load_public_key(settings.gallery_public_key)
+        except BundleError as error:
+            raise ConfigError(f"mqtt.gallery_public_key = {str(settings.gallery_public_key)!r} is not allowed: "
+                              f"{error}") from None
+    return settings
 
 
 _DETECTOR_KEYS = {"models_dir", "engines", "threads", "sessions", "min_face_size", "scale_factor", "thresholds",

@@ -193,6 +193,37 @@ class EventReader:
             for row in rows:
                 yield Event(*row[:-1], has_snapshot=bool(row[-1]))
 
+    def after(self, event_id: int, limit: int = 100) -> list[Event]:
+        """Up to limit events with ids above event_id, oldest first: what a publisher has not sent yet."""
+        select = (f"SELECT {', '.join('e.' + c for c in COLUMNS)}, s.event_id IS NOT NULL FROM events e "
+                  "LEFT JOIN snapshots s ON s.event_id = e.id WHERE e.id > ? ORDER BY e.id LIMIT ?")
+        with self._lock:
+            try:
+                rows = self._connection().execute(select, (event_id, limit)).fetchall()
+            except sqlite3.Error as error:
+                raise EventLogError(f"reading {self.path} failed: {error}") from error
+        return [Event(*row[:-1], has_snapshot=bool(row[-1])) for row in rows]
+
+    def count_after(self, event_id: int) -> int:
+        """How many events have ids above event_id."""
+        with self._lock:
+            try:
+                return self._connection().execute("SELECT count(*) FROM events WHERE id > ?",
+                                                  (event_id,)).fetchone()[0]
+            except sqlite3.Error as error:
+                raise EventLogError(f"reading {self.path} failed: {error}") from error
+
+    def last_with_person(self, kind: str) -> Event | None:
+        """The newest event of one kind that names a person (the last person granted), if any."""
+        with self._lock:
+            try:
+                row = self._connection().execute(
+                    f"SELECT {', '.join(COLUMNS)}, 0 FROM events WHERE kind = ? AND person_name IS NOT NULL "
+                    "ORDER BY id DESC LIMIT 1", (kind,)).fetchone()
+            except sqlite3.Error as error:
+                raise EventLogError(f"reading {self.path} failed: {error}") from error
+        return None if row is None else Event(*row[:-1])
+
     def snapshot(self, event_id: int) -> bytes | None:
         """The face snapshot (JPEG) recorded with an event, if one was kept."""
         with self._lock:

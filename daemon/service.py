@@ -25,7 +25,9 @@ from daemon.config import Config
 from daemon.decision import Decider, Decision
 from daemon.door import Door, make_pin_factory
 from daemon.events import EventLog, face_snapshot
+from daemon.fleet.commands import Command
 from daemon.gallery import GalleryReader, listed
+from daemon.metrics import DoorMetrics, MetricsError, MetricsServer
 from daemon.notify import Notifier
 from daemon.recognition import Observation, Recogniser
 from daemon.settings import ConfigError
@@ -94,6 +96,9 @@ class DoorService:
         # Door events arrive from gpiozero's threads, the door's timer and signal handlers; a
         # SimpleQueue may be used from all of them (even re-entrantly), the event log may not.
         self._door_events: queue.SimpleQueue = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()  # from the MQTT link's thread
+        self.fleet = None  # the MQTT link (daemon/fleet), when mqtt.host is set
+        self.metrics_server: MetricsServer | None = None
         # Unlock pulses, alarms, track ages and the log and refresh intervals run on this clock;
         # the stall guard and the systemd watchdog stay on real time (self._last_tick).
         self.clock = clock_for(config.camera)
@@ -115,6 +120,12 @@ class DoorService:
             self._closers.append(self.recogniser.close)
             self.source = make_source(config.camera)
             self._closers.append(self.source.stop)
+            self.gallery_version = self.gallery.synced_bundle()
+            self.metrics = DoorMetrics(camera_reconnects=lambda: self.source.stats.reopens,
+                                       gallery_people=lambda: self.gallery.index.people,
+                                       gallery_version=lambda: self.gallery_version.version if self.gallery_version else 0)
+            if config.mqtt is not None:
+                self.fleet = self._fleet_link(config)
         except BaseException:
             self.close()
             raise
@@ -134,6 +145,7 @@ class DoorService:
         try:
             self.source.start()
             self.events.record("start", door=self.door.config.name, reason=self.source.describe())
+            self._start_reporting()
             self.notifier.ready(self._status())
             log.info("facegate ready: door %s, camera %s, %d people in the gallery",
                      self.door.config.name, self.source.describe(), self.gallery.index.people)
@@ -188,6 +200,7 @@ class DoorService:
         real_now = time.monotonic()
         self._last_tick = real_now
         self._record_door_events()
+        self._run_commands()
         if self._reload.is_set():
             self._reload.clear()
             self._apply_reload()
@@ -195,6 +208,7 @@ class DoorService:
             self._next_gallery_check = self.clock.now() + self.config.gallery.refresh_seconds
             if self.gallery.changed():
                 self.gallery.refresh()
+                self.gallery_version = self.gallery.synced_bundle()
                 log.info("gallery changed: %d people", self.gallery.index.people)
         frame = self.source.read(timeout=0.5)
         if frame is None:
@@ -211,10 +225,12 @@ class DoorService:
     def _process(self, frame: Frame, now: float) -> None:
         started = time.perf_counter()
         faces = self.recogniser.detect(frame.rgb)
+        detected = time.perf_counter()
         tracks = self.tracker.update([face.box for face in faces], now)
         pending = [i for i, track in enumerate(tracks) if not track.decided]
         observations: list[Observation | None] = [None] * len(faces)
         recognised = self.recogniser.recognise(frame.rgb, [faces[i] for i in pending], self.gallery)
+        recognised_at = time.perf_counter()
         for i, observation in zip(pending, recognised):
             observations[i] = observation
             if observation.usable:
@@ -225,7 +241,13 @@ class DoorService:
         self.stats.frames += 1
         self.stats.faces += len(faces)
         self.stats.recognised += len(pending)
-        self.stats.frame_ms = (self.stats.frame_ms + [(time.perf_counter() - started) * 1000])[-100:]
+        ended = time.perf_counter()
+        self.stats.frame_ms = (self.stats.frame_ms + [(ended - started) * 1000])[-100:]
+        self.metrics.frame({"detect": detected - started, "recognise": recognised_at - detected,
+                            "decide": ended - recognised_at, "frame": ended - started}, len(faces))
+        self.metrics.grab_to_decision(time.monotonic() - frame.time)
+        self.metrics.relay(self.door.is_unlocked)
+        self.metrics.door_open(self.door.is_open)
         self._frames_since_watchdog += 1
         if self.on_frame is not None:
             self.on_frame(frame, [Seen(*seen) for seen in zip(tracks, faces, observations)], self.door.is_unlocked)
@@ -280,8 +302,68 @@ class DoorService:
         return face_snapshot(frame.rgb, observation.face.box) if self.config.events.snapshots else None
 
     def _outcome(self, decision: Decision, kind: str, name: str | None, frame: Frame) -> None:
+        self.metrics.decision(kind)
         self.stats.decided.append(Outcome(decision.track_id, kind, name, decision.distance, decision.live_score,
                                           frame.video_time))
+
+    # -- the fleet: MQTT and metrics ----------------------------------------------------------
+
+    def _fleet_link(self, config: Config):
+        from daemon.fleet.link import Fleet, FleetLink
+
+        link = FleetLink(config.mqtt, Fleet(
+            events_path=config.events.path,
+            cursor_path=config.events.path.with_name("mqtt.db"),
+            door_state=self.door_state,
+            on_command=self._commands.put,
+            record=self._record_fleet_event,
+            discovery=_discovery(config),
+            gallery_sync=_gallery_sync(config, self._record_fleet_event)))
+        self.metrics.watch("facegate_mqtt_connected", "1 while connected to the MQTT broker", lambda: link.connected)
+        self.metrics.watch("facegate_mqtt_backlog", "Events not yet acknowledged by the MQTT broker", link.backlog)
+        return link
+
+    def _start_reporting(self) -> None:
+        """The link and the metrics endpoint: neither may keep the door from working."""
+        if self.fleet is not None:
+            self.fleet.start()
+            self._closers.append(self.fleet.close)
+        if self.config.metrics is not None:
+            try:
+                self.metrics_server = MetricsServer(self.metrics, self.config.metrics, self.config.stall_seconds)
+            except MetricsError as error:
+                log.error("%s; the door works on without metrics", error)
+                return
+            self._closers.append(self.metrics_server.close)
+            log.info("metrics on http://%s/metrics, health on /healthz", self.metrics_server.address)
+
+    def door_state(self) -> dict:
+        """The door as the retained MQTT state shows it (read from the link's thread)."""
+        alarm = self.door.alarm
+        is_open = self.door.is_open
+        return {"lock": "unlocked" if self.door.is_unlocked else "locked",
+                "door": None if is_open is None else "open" if is_open else "closed",
+                "alarm": alarm.removeprefix("alarm_") if alarm else None}
+
+    def _record_fleet_event(self, kind: str, reason: str) -> None:
+        self.events.record(kind, door=self.door.config.name, reason=reason)
+
+    def _run_commands(self) -> None:
+        """Commands from the broker, acted on by the door loop like its own decisions."""
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            log.warning("MQTT command: %s", command.reason)
+            if command.name == "unlock":
+                self.events.record("grant", door=self.door.config.name, reason=command.reason)
+                self.stats.grants += 1
+                self.door.grant(command.reason)
+            elif command.name == "lock":
+                self.door.release(command.reason)
+            elif command.name == "reload":
+                self.request_reload()
 
     # -- safety and systemd ------------------------------------------------------------------
 
@@ -325,7 +407,7 @@ class DoorService:
         except ConfigError as error:
             log.error("reload refused, keeping the running config: %s", error)
             return
-        for part in ("camera", "door", "models", "detector", "embedder", "gallery", "events"):
+        for part in ("camera", "door", "models", "detector", "embedder", "gallery", "events", "mqtt", "metrics"):
             if _differs(getattr(fresh, part), getattr(self.config, part)):
                 log.warning("config section %s changed: it takes effect on restart", part)
         if None not in (fresh.liveness.models_dir, self.config.liveness.models_dir) and \
@@ -391,9 +473,47 @@ def _nearest(observation: Observation) -> float | None:
     return None if observation.match is None else observation.match.distance
 
 
+def _discovery(config: Config) -> list[tuple[str, dict]]:
+    from daemon.fleet.discovery import discovery_messages
+
+    return discovery_messages(config.mqtt, config.door, _version())
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("facegate")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def _gallery_sync(config: Config, record: Callable[[str, str], None]):
+    """The door's side of gallery sync, when the front desk's public key is configured."""
+    if config.mqtt.gallery_public_key is None:
+        return None
+    from daemon.bundles import load_public_key
+    from daemon.fleet.link import GallerySync
+    from daemon.fleet.sync import apply_signed_bundle
+    from daemon.gallery import Gallery
+    from engines.model_card import cards_of
+
+    key = load_public_key(config.mqtt.gallery_public_key)
+    installed = cards_of(config.models.models_dir, "embedder")
+
+    def running_version() -> dict | None:
+        with Gallery.open(config.gallery.path) as gallery:
+            synced = gallery.synced_bundle()
+        return None if synced is None else {"version": synced.version, "sender": synced.sender,
+                                            "applied_at": synced.applied_at}
+
+    return GallerySync(lambda payload: apply_signed_bundle(payload, key, config.gallery.path, config.embedder,
+                                                           installed), running_version, record)
+
+
 def _keep_runtime_parts(running: Config, fresh: Config) -> Config:
     return replace(fresh, camera=running.camera, door=running.door, models=running.models,
                    detector=running.detector, embedder=running.embedder, gallery=running.gallery,
-                   events=running.events,
+                   events=running.events, mqtt=running.mqtt, metrics=running.metrics,
                    liveness=replace(fresh.liveness,
                                     models_dir=running.liveness.models_dir or fresh.liveness.models_dir))

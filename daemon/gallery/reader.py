@@ -26,7 +26,7 @@ import numpy as np
 from engines.model_card import ModelCard
 
 from .index import GalleryIndex, Match, load_or_build
-from .records import Person
+from .records import Person, SyncedBundle
 from .store import Gallery
 
 log = logging.getLogger("facegate.gallery")
@@ -98,6 +98,11 @@ class GalleryReader:
         before templates were stored per installed model; enroll_local.py check and reembed)."""
         with self._lock:
             return self._gallery.people_lacking(self._card.id)
+
+    def synced_bundle(self) -> SyncedBundle | None:
+        """The gallery bundle version the database holds, when it was synced from the front desk."""
+        with self._lock:
+            return self._gallery.synced_bundle()
 
     def person(self, person_id: int) -> Person:
         """The person's current record (active flag, validity) for the access policy."""
