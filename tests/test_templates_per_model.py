@@ -25,9 +25,9 @@ from PIL import Image
 from skimage import data
 
 from daemon import config as config_module
+from daemon.bundles import Bundle, BundleError, BundlePerson, import_bundle, read_bundle
 from daemon.demo import demo_config
-from daemon.enrolment import (Bundle, BundleError, BundlePerson, Enroller, EnrolmentError, PersonDetails,
-                              embedder_cards, enrol, import_bundle, judge_files, read_bundle)
+from daemon.enrolment import Enroller, EnrolmentError, PersonDetails, embedder_cards, enrol, judge_files
 from daemon.events import EventReader
 from daemon.gallery import Gallery, GalleryIndex, GalleryReader, Template
 from daemon.service import DoorService

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Enrol people into the door's gallery from photos or a camera; list, change, remove, export and import them.
+"""Enrol people into the door's gallery from photos or a camera; list, change, remove, export, import and publish them.
 
 PERSON is a name, an external id or an id (#12 asks by id only). DATE is ISO 8601:
 2026-05-01 or 2026-05-01T08:00:00+02:00. A photo is refused unless it shows exactly one
@@ -19,6 +19,11 @@ model the door is configured with (default: the one --models/DEFAULTS names): th
 gate, the duplicate guard and check use it. People enrolled before a card was installed
 lack its templates: check names them, reembed embeds their kept photos (--keep-photo) again.
 
+A fleet of doors mirrors the front desk's gallery over MQTT: keygen makes the front desk's
+Ed25519 key pair once (copy the .pub file to each door, mqtt.gallery_public_key); publish
+sends the whole gallery, signed, retained on mqtt.gallery_topic of the --mqtt config file.
+Each door applies a bundle whose version is higher than the one it runs, all or nothing.
+
 examples:
   enroll_local.py --db /var/lib/facegate/gallery.db add "Alice Martin" --photo alice1.jpg alice2.jpg --external-id E1001
   enroll_local.py add "Bob Stone" --camera --shots 3            # camera 0, guidance on screen
@@ -34,6 +39,8 @@ examples:
   enroll_local.py import /media/usb/gallery.fgb --merge
   enroll_local.py check && enroll_local.py rebuild-index
   enroll_local.py --card NEW-CARD-ID check || enroll_local.py reembed   # before switching embedder.card
+  enroll_local.py keygen --key /etc/facegate/gallery-signing.key        # once, at the front desk
+  enroll_local.py publish --key /etc/facegate/gallery-signing.key --mqtt /etc/facegate/config.yaml
 
 --db, --models and --card go before or after the command.
 
@@ -45,32 +52,46 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import yaml  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
 from tools.cli_options import common_options, default  # noqa: E402
-from daemon.enrolment import (COLLISION_POLICIES, CameraError, Enroller, EnrolmentError, PersonDetails,  # noqa: E402
-                              PersonOutcome, PhotosRefused, Progress, Refusal, Shot, add_shots, capture,
-                              embedder_cards, enrol, enrol_folder, export_bundle, find_person, import_bundle,
-                              judge_files, person_folders, read_bundle, Reembedded, reembed_person,
+from daemon.bundles import (COLLISION_POLICIES, bundle_bytes, export_bundle, generate_keypair,  # noqa: E402
+                            import_bundle, load_private_key, read_bundle, read_bundle_bytes, sign_bundle)
+from daemon.enrolment import (CameraError, Enroller, EnrolmentError, PersonDetails, PersonOutcome,  # noqa: E402
+                              PhotosRefused, Progress, Refusal, Shot, add_shots, capture, embedder_cards, enrol,
+                              enrol_folder, find_person, judge_files, person_folders, Reembedded, reembed_person,
                               refuse_taken_name)
+from daemon.fleet.settings import MqttSettings, make_client, parse_mqtt  # noqa: E402
 from daemon.gallery import KINDS, Gallery, GalleryError, GalleryIndex, Person, listed  # noqa: E402
+from daemon.settings import ConfigError  # noqa: E402
 from daemon.sources import FrameSource, SourceConfigError, SourceError, make_source  # noqa: E402
 from engines.manifest import MODELS_DIR  # noqa: E402
 from engines.model_card import ModelCard, cards_of, find_card, load_card  # noqa: E402
 
 DEFAULT_DB = "/var/lib/facegate/gallery.db"
-FAILURES = (EnrolmentError, GalleryError, SourceError, OSError, ValueError)
+PUBLISH_DOOR_NAME = "front-desk"  # the mqtt section's defaults (client id, topic prefix) as for a door of this name
 
 
 class UsageError(Exception):
     """Arguments argparse cannot check alone; exit status 2."""
+
+
+class PublishError(Exception):
+    """The broker could not be reached, refused the connection, or did not confirm the bundle in time."""
+
+
+FAILURES = (EnrolmentError, GalleryError, SourceError, PublishError, OSError, ValueError)
 
 
 # --- argument types ---------------------------------------------------------------------------
@@ -206,6 +227,28 @@ def parser() -> argparse.ArgumentParser:
     index = command("rebuild-index", cmd_rebuild_index, "rebuild each installed model's search index from the "
                     "database")
     index.add_argument("--kind", choices=KINDS, default=KINDS[0], help="flat: exact (default); hnsw: approximate")
+
+    keygen = command("keygen", cmd_keygen, "make the front desk's Ed25519 key pair for signing published galleries: "
+                     "KEY (owner-only, stays here) and KEY.pub (for the doors)")
+    keygen.add_argument("--key", type=Path, required=True, metavar="KEY", help="the private key file to write")
+    publish = command("publish", cmd_publish, "send the whole gallery, signed, to the doors: retained, QoS 1, on "
+                      "the gallery topic of the broker in --mqtt")
+    publish.add_argument("--key", type=Path, required=True, metavar="KEY", help="the private key keygen wrote")
+    publish.add_argument("--mqtt", type=Path, required=True, metavar="CONFIG",
+                         help="a facegate YAML config whose mqtt: section names the broker, credentials and "
+                              "gallery_topic")
+    publish.add_argument("--version", type=positive, metavar="N",
+                         help="the bundle version; doors apply only a version higher than the one they run "
+                              "(default: the gallery's generation, which grows with every change here; give a "
+                              "higher one when the doors run more than that, e.g. after restoring this gallery "
+                              "from a backup)")
+    publish.add_argument("--sender", metavar="NAME", help="who publishes, shown on the doors (default: the mqtt "
+                                                          "client id)")
+    publish.add_argument("--timeout", type=seconds, default=30.0, metavar="S",
+                         help="seconds to wait for the broker to connect and confirm (default 30)")
+    publish.add_argument("--allow-empty", action="store_true",
+                         help="publish a gallery of nobody: every door then erases everyone")
+    publish.add_argument("--json", action="store_true", help="print what was published as JSON")
     return top
 
 
@@ -482,6 +525,121 @@ def cmd_rebuild_index(args: argparse.Namespace) -> int:
             print(f"indexed {index.count} templates of {index.people} people with {card.id} ({args.kind}, "
                   f"generation {index.generation}) in {gallery.index_dir}")
     return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    public = public_key_path(args.key)
+    generate_keypair(args.key, public)
+    print(f"private key: {args.key} (owner-only: it stays at the front desk; whoever holds it can change every "
+          "door's gallery)")
+    print(f"public key:  {public} (copy it to each door and set mqtt.gallery_public_key to its path there)")
+    return 0
+
+
+def public_key_path(key: Path) -> Path:
+    return key.with_name(key.name + ".pub")
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    settings = mqtt_settings(args.mqtt)
+    key = load_private_key(args.key)
+    model_id = configured_card(args).id
+    with open_gallery(args.db) as gallery:
+        if not args.allow_empty and not gallery.list_people():
+            raise EnrolmentError(f"{args.db} holds nobody: publishing it would erase everyone at every door; check "
+                                 "--db, or add --allow-empty if that is what you want")
+        published = publish_gallery(gallery, model_id, key, settings, args.version, args.sender, args.timeout)
+    if args.json:
+        print(json.dumps(asdict(published), indent=1, ensure_ascii=False))
+    else:
+        print(f"published gallery version {published.version} from {published.sender!r}: {published.people} people, "
+              f"{published.templates} templates, {published.bytes} bytes, retained on {published.topic}")
+    return 0
+
+
+@dataclass(frozen=True)
+class Published:
+    version: int
+    sender: str
+    people: int
+    templates: int
+    bytes: int  # the signed payload
+    topic: str
+
+
+def publish_gallery(gallery: Gallery, model_id: str, key: Ed25519PrivateKey, settings: MqttSettings,
+                    version: int | None = None, sender: str | None = None, timeout_s: float = 30.0) -> Published:
+    """Sign the whole gallery as a bundle and publish it retained, QoS 1, on settings.gallery_topic.
+
+    version defaults to the gallery's generation (1 for a gallery never written), sender to the
+    mqtt client id. Returns once the broker has confirmed it; PublishError otherwise.
+    """
+    version = version or max(gallery.generation(), 1)
+    sender = sender or settings.client_id
+    zip_bytes = bundle_bytes(gallery, model_id, version, sender)
+    bundle = read_bundle_bytes(zip_bytes, "the bundle to publish")  # what the doors will read, checked before it leaves
+    payload = sign_bundle(zip_bytes, key)
+    send_retained(settings, settings.gallery_topic, payload, timeout_s)
+    return Published(version, sender, len(bundle.people), bundle.template_count, len(payload), settings.gallery_topic)
+
+
+def send_retained(settings: MqttSettings, topic: str, payload: bytes, timeout_s: float) -> None:
+    """Connect, publish retained with QoS 1, wait for the broker's PUBACK, disconnect: all within timeout_s."""
+    import paho.mqtt.client as mqtt
+
+    broker = f"the broker at {settings.host}:{settings.port}"
+    deadline = time.monotonic() + timeout_s
+    client = make_client(settings, client_id=f"{settings.client_id}-publish")
+    client.connect_timeout = timeout_s
+    answers: list[Any] = []
+    connected = threading.Event()
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        answers.append(reason_code)
+        connected.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(settings.host, settings.port, settings.keepalive)
+    except (OSError, ValueError) as error:  # refused, unreachable, no such host, TLS handshake
+        raise PublishError(f"cannot reach {broker}: {error}: check mqtt.host, mqtt.port and mqtt.tls, and that the "
+                           "broker runs; nothing was published") from None
+    client.loop_start()
+    try:
+        if not connected.wait(timeout_s):
+            raise PublishError(f"{broker} did not answer the connection within {timeout_s:g} s; nothing was published")
+        if answers[0].is_failure:
+            raise PublishError(f"{broker} refused the connection: {answers[0]}: check mqtt.username and "
+                               "mqtt.password_file (and the broker's ACL for the gallery topic); nothing was published")
+        info = client.publish(topic, payload, qos=1, retain=True)
+        try:
+            info.wait_for_publish(max(deadline - time.monotonic(), 0.1))
+        except (ValueError, RuntimeError) as error:
+            raise PublishError(f"cannot publish to {broker}: {error}") from None
+        if not info.is_published():
+            raise PublishError(f"{broker} did not confirm the bundle ({len(payload)} bytes) on {topic} within "
+                               f"{timeout_s:g} s: is it over the broker's message_size_limit? The doors keep their "
+                               "gallery")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def mqtt_settings(path: Path) -> MqttSettings:
+    """The mqtt section of a facegate config file, its defaults as for a door named front-desk."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"--mqtt {path}: cannot read it: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--mqtt {path}: not valid YAML: {error}") from None
+    try:
+        settings = parse_mqtt(raw.get("mqtt") if isinstance(raw, dict) else None, door_name=PUBLISH_DOOR_NAME)
+    except ConfigError as error:
+        raise ConfigError(f"--mqtt {path}: {error}") from None
+    if settings is None:
+        raise ConfigError(f"--mqtt {path}: no mqtt.host: expected an mqtt: section naming the broker to publish to")
+    return settings
 
 
 def configured_card(args: argparse.Namespace) -> ModelCard:

@@ -1,7 +1,7 @@
 """Doors in a fleet: the door's link to an MQTT broker (Eclipse Mosquitto or any MQTT 3.1.1 broker).
 
 settings   the `mqtt:` config section, the topic layout and a configured paho client
-state      what the link keeps on disk (fleet.db): the event cursor and the gallery version
+cursor     the event cursor the link keeps on disk (mqtt.db beside the event log)
 publisher  event-log rows out, QoS 1, from the persisted cursor of the last row the broker acknowledged
 discovery  Home Assistant MQTT discovery payloads
 commands   `<prefix>/command` payloads in: unlock, lock, reload

@@ -13,12 +13,12 @@ from .errors import (AmbiguousName, CorruptGallery, DuplicateExternalId, Gallery
                      SchemaTooNew)
 from .index import KINDS, GalleryIndex, Match, load_or_build
 from .reader import GalleryReader
-from .records import ModelTemplates, Person, Snapshot, StoredTemplate, Template, listed
+from .records import ModelTemplates, NewPerson, Person, Snapshot, StoredTemplate, SyncedBundle, Template, listed
 from .schema import SCHEMA_VERSION
 from .store import Gallery
 
 __all__ = [
     "AmbiguousName", "CorruptGallery", "DuplicateExternalId", "Gallery", "GalleryError", "GalleryIndex",
-    "GalleryReader", "KINDS", "Match", "ModelTemplates", "Person", "PersonNotFound", "SCHEMA_VERSION", "SchemaTooNew",
-    "Snapshot", "StoredTemplate", "Template", "listed", "load_or_build",
+    "GalleryReader", "KINDS", "Match", "ModelTemplates", "NewPerson", "Person", "PersonNotFound", "SCHEMA_VERSION",
+    "SchemaTooNew", "Snapshot", "StoredTemplate", "SyncedBundle", "Template", "listed", "load_or_build",
 ]

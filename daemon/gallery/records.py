@@ -51,6 +51,29 @@ class Person:
     template_count: int
 
 
+@dataclass(frozen=True, eq=False)
+class NewPerson:
+    """A person to enrol whole, with their details and templates (Gallery.replace_everyone)."""
+
+    name: str
+    external_id: str | None
+    note: str | None
+    active: bool
+    valid_from: str | None
+    valid_until: str | None
+    templates: list[Template]
+
+
+@dataclass(frozen=True)
+class SyncedBundle:
+    """The gallery bundle a door mirrors (daemon/fleet/sync.py): which one, and when it was applied."""
+
+    version: int
+    sender: str
+    sha256: str  # of the signed payload as received
+    applied_at: str  # ISO 8601, UTC
+
+
 @dataclass(frozen=True)
 class ModelTemplates:
     """The templates of one embedding model in a gallery (Gallery.models)."""

@@ -48,6 +48,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "INSERT INTO gallery_state (id, generation) VALUES (1, 0)",
     ),
+    (
+        # One row, on a door that mirrors the front desk's signed bundles: the version it
+        # runs, so an older or replayed bundle is refused (daemon/fleet/sync.py).
+        """CREATE TABLE synced_bundle (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version INTEGER NOT NULL,
+            sender TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            applied_at TEXT NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

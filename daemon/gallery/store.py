@@ -17,6 +17,7 @@ import logging
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from .errors import AmbiguousName, CorruptGallery, DuplicateExternalId, GalleryE
 from engines.atomic_file import fsync_dir
 
 from .files import create_private_file, ensure_private_dir, tighten
-from .records import SOURCES, ModelTemplates, Person, Snapshot, StoredTemplate, Template
+from .records import SOURCES, ModelTemplates, NewPerson, Person, Snapshot, StoredTemplate, SyncedBundle, Template
 from .schema import migrate, refuse_newer
 
 log = logging.getLogger("facegate.gallery")
@@ -101,12 +102,7 @@ class Gallery:
         validity = _checked_validity(valid_from, valid_until)
         now = _now()
         with self._transaction() as connection:
-            if external_id is not None:
-                _refuse_duplicate_external_id(connection, external_id)
-            person_id = connection.execute(
-                "INSERT INTO people (name, external_id, note, active, valid_from, valid_until,"
-                " created_at, updated_at) VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
-                (name, external_id, note, *validity, now, now)).lastrowid
+            person_id = _insert_person(connection, name, external_id, note, True, validity, now)
             _insert_templates(connection, person_id, rows, now)
         return person_id
 
@@ -164,6 +160,35 @@ class Gallery:
         with self._transaction() as connection:
             if connection.execute("DELETE FROM people WHERE id = ?", (person_id,)).rowcount == 0:
                 raise PersonNotFound(f"{self.path}: no person {person_id}")
+        self._erase_traces()
+
+    # --- mirroring the front desk's gallery ----------------------------------
+
+    def synced_bundle(self) -> SyncedBundle | None:
+        """The bundle this gallery last mirrored (replace_everyone), or None when it never did."""
+        with _translated(self.path):
+            row = self._connection.execute("SELECT version, sender, sha256, applied_at FROM synced_bundle").fetchone()
+        return None if row is None else SyncedBundle(*row)
+
+    def replace_everyone(self, people: Sequence[NewPerson], synced: SyncedBundle) -> None:
+        """Make the gallery hold exactly these people and record synced, in one transaction: all or nothing.
+
+        Everyone enrolled before is erased with their templates and photos (see _erase_traces),
+        also those enrolled again: they get new ids, as AUTOINCREMENT never hands an id out twice.
+        """
+        checked = [_checked_person(number, person) for number, person in enumerate(people)]
+        now = _now()
+        with self._transaction() as connection:
+            connection.execute("DELETE FROM people")  # their templates go with them (ON DELETE CASCADE)
+            for person, validity, rows in checked:
+                person_id = _insert_person(connection, person.name, person.external_id, person.note,
+                                           person.active, validity, now)
+                _insert_templates(connection, person_id, rows, now)
+            connection.execute(
+                "INSERT INTO synced_bundle (id, version, sender, sha256, applied_at) VALUES (1, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET version = excluded.version, sender = excluded.sender,"
+                " sha256 = excluded.sha256, applied_at = excluded.applied_at",
+                (synced.version, synced.sender, synced.sha256, synced.applied_at))
         self._erase_traces()
 
     # --- templates ----------------------------------------------------------
@@ -348,6 +373,16 @@ def _checked_templates(templates: Sequence[Template]) -> list[tuple[Any, ...]]:
     return rows
 
 
+def _checked_person(number: int, person: NewPerson) -> tuple[NewPerson, tuple[str | None, str | None],
+                                                              list[tuple[Any, ...]]]:
+    """A person of replace_everyone checked like add_person's arguments, before any write."""
+    try:
+        named = replace(person, name=_checked_name(person.name))
+        return named, _checked_validity(person.valid_from, person.valid_until), _checked_templates(person.templates)
+    except ValueError as error:
+        raise ValueError(f"person {number} ({person.name!r}): {error}") from None
+
+
 def _checked_template(index: int, template: Template) -> tuple[Any, ...]:
     where = f"template {index}"
     vector = np.asarray(template.embedding, dtype=np.float32)
@@ -407,6 +442,15 @@ def _now() -> str:
 def _require_person(connection: sqlite3.Connection, person_id: int) -> None:
     if connection.execute("SELECT 1 FROM people WHERE id = ?", (person_id,)).fetchone() is None:
         raise PersonNotFound(f"no person {person_id}")
+
+
+def _insert_person(connection: sqlite3.Connection, name: str, external_id: str | None, note: str | None,
+                   active: bool, validity: tuple[str | None, str | None], now: str) -> int:
+    if external_id is not None:
+        _refuse_duplicate_external_id(connection, external_id)
+    return connection.execute(
+        "INSERT INTO people (name, external_id, note, active, valid_from, valid_until, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (name, external_id, note, int(bool(active)), *validity, now, now)).lastrowid
 
 
 def _refuse_duplicate_external_id(connection: sqlite3.Connection, external_id: str) -> None:
