@@ -4,7 +4,9 @@
 # pinned in constraints.txt, then runs the job.
 #
 #   ./facegate.sh demo [ARGS...]   run the main job on its embedded default
-#   ./facegate.sh test [ARGS...]   install the test tools and run the test suite
+#   ./facegate.sh test [ARGS...]   install the test tools and run the test suite; as root with
+#                                  apt-get, it also installs Mosquitto for the broker tests
+#                                  (without it those tests skip)
 #   ./facegate.sh lock [ARGS...]   install the newest versions in build/lock-venv, run the
 #                                  test suite there (ARGS go to pytest) and, only if it
 #                                  passes, pin them in constraints.txt
@@ -48,6 +50,29 @@ ensure_venv() {
       fi
     fi
   fi
+}
+
+# The broker tests start their own mosquitto; the system service is never started.
+ensure_mosquitto() {
+  if command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; then
+    return
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing mosquitto for the broker tests"
+    # A policy-rc.d that exits 101 keeps the package scripts from starting the system service.
+    local policy=/usr/sbin/policy-rc.d ours=
+    if [ ! -e "$policy" ] && printf '#!/bin/sh\nexit 101\n' > "$policy" 2>/dev/null && chmod +x "$policy"; then
+      ours=1
+    fi
+    local installed=
+    if apt-get install -y -qq mosquitto >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq mosquitto >/dev/null 2>&1; }; then
+      installed=1
+    fi
+    [ -z "$ours" ] || rm -f "$policy"
+    [ -z "$installed" ] || return 0
+  fi
+  echo "facegate: mosquitto is not installed (sudo apt-get install mosquitto): the broker tests will skip" >&2
 }
 
 venv_python_version() {
@@ -193,6 +218,7 @@ case "$job" in
   test)
     ensure_venv
     ensure_installed "[dev]"
+    ensure_mosquitto
     exec "$venv/bin/python" -m pytest "$@"
     ;;
   lock)
