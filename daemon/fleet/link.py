@@ -176,7 +176,7 @@ class FleetLink:
             self.client.publish(topic, json.dumps(config).encode(), qos=1, retain=True)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self.connected:
+        if self.connected and not self._stop.is_set():
             log.warning("MQTT: lost the broker (%s); events wait in the log and go out on reconnection "
                         "(%d waiting)", reason_code, self._backlog_or_unknown())
         self.connected = False
