@@ -402,6 +402,9 @@ class DoorService:
     def _apply_reload(self) -> None:
         """SIGHUP: new policy, decision, liveness (enabled, threshold) and quality settings; a fresh
         look at the gallery."""
+        if self.config.path is None:
+            log.warning("reload ignored: this door's config was not read from a file")
+            return
         try:
             fresh = config_module.load(self.config.path)
         except ConfigError as error:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from daemon.events import EventReader
 from daemon.fleet.commands import Command, CommandRefused, parse_command
 from daemon.fleet.cursor import Cursor
+from daemon.fleet.discovery import birth_topic
 from daemon.fleet.publisher import EventPublisher
 from daemon.fleet.settings import MqttSettings, make_client
 
@@ -157,8 +158,8 @@ class FleetLink:
         client.publish(self.settings.availability_topic, b"online", qos=1, retain=True)
         self._publish_discovery()
         subscriptions = [(self.settings.command_topic, 1)]
-        if self.settings.discovery_prefix is not None:
-            subscriptions.append((f"{self.settings.discovery_prefix}/status", 1))
+        if birth_topic(self.settings) is not None:
+            subscriptions.append((birth_topic(self.settings), 1))
         if self.fleet.gallery_sync is not None:
             subscriptions.append((self.settings.gallery_topic, 1))
             self._publish_gallery_version_now()
@@ -197,7 +198,7 @@ class FleetLink:
                 self._command(message.payload)
             elif message.topic == self.settings.gallery_topic and self.fleet.gallery_sync is not None:
                 self.fleet.gallery_sync.offer(message.payload)
-            elif message.topic == f"{self.settings.discovery_prefix}/status" and message.payload == b"online":
+            elif message.topic == birth_topic(self.settings) and message.payload == b"online":
                 self._publish_discovery()  # Home Assistant restarted: it forgets unretained configs
                 self._sent_state = None
                 self._wake.set()

@@ -84,7 +84,9 @@ def parse_mqtt(raw: Any, door_name: str, path: str = "mqtt") -> MqttSettings | N
         if not _TOPIC.fullmatch(topic) or topic.startswith("/") or topic.endswith("/") or topic.startswith("$"):
             section.fail(key, topic, "an MQTT topic without wildcards (+ #), not starting with $ or /, "
                                      "not ending with /")
-    discovery = section.get("discovery_prefix", str, "homeassistant")
+    # Written as null, discovery is off (elsewhere null means "the default", which here is on).
+    switched_off = "discovery_prefix" in section.raw and section.raw["discovery_prefix"] is None
+    discovery = None if switched_off else section.get("discovery_prefix", str, "homeassistant")
     if discovery is not None and not _TOPIC.fullmatch(discovery):
         section.fail("discovery_prefix", discovery, "an MQTT topic without wildcards, or null for no discovery")
     client_id = section.get("client_id", str, f"facegate-{door_name}")
