@@ -97,13 +97,17 @@ class Config:
 
 def load(path: str | Path) -> Config:
     path = Path(path)
+    return parse(read_yaml(path), path)
+
+
+def read_yaml(path: Path) -> Any:
+    """A config file's YAML, unvalidated; ConfigError when it cannot be read or parsed."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except OSError as error:
         raise ConfigError(f"cannot read config {path}: {error.strerror}") from error
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
-    return parse(raw, path)
 
 
 def parse(raw: Any, path: Path | None = None) -> Config:

@@ -62,12 +62,12 @@ from typing import Any, TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
 from tools.cli_options import common_options, default  # noqa: E402
 from daemon.bundles import (COLLISION_POLICIES, bundle_bytes, export_bundle, generate_keypair,  # noqa: E402
                             import_bundle, load_private_key, read_bundle, read_bundle_bytes, sign_bundle)
+from daemon.config import read_yaml  # noqa: E402
 from daemon.enrolment import (CameraError, Enroller, EnrolmentError, PersonDetails, PersonOutcome,  # noqa: E402
                               PhotosRefused, Progress, Refusal, Shot, add_shots, capture, embedder_cards, enrol,
                               enrol_folder, find_person, judge_files, person_folders, Reembedded, reembed_person,
@@ -628,11 +628,9 @@ def send_retained(settings: MqttSettings, topic: str, payload: bytes, timeout_s:
 def mqtt_settings(path: Path) -> MqttSettings:
     """The mqtt section of a facegate config file, its defaults as for a door named front-desk."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"--mqtt {path}: cannot read it: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"--mqtt {path}: not valid YAML: {error}") from None
+        raw = read_yaml(path)
+    except ConfigError as error:
+        raise ConfigError(f"--mqtt: {error}") from None
     try:
         settings = parse_mqtt(raw.get("mqtt") if isinstance(raw, dict) else None, door_name=PUBLISH_DOOR_NAME)
     except ConfigError as error:
