@@ -41,6 +41,7 @@ def test_every_config_has_what_ha_requires_for_its_component():
         assert (prefix, node, last) == ("homeassistant", "facegate-front-door", "config")
         assert REQUIRED[component] <= set(config), topic
         assert config["unique_id"] == f"{node}_{object_id}"
+        assert config["default_entity_id"] == f"{component}.facegate_front_door_{object_id}"
         assert config["device"]["identifiers"] == [node] and config["device"]["name"] == "front-door"
         assert config["availability_topic"] == "facegate/front-door/availability"
     assert len({c["unique_id"] for c in found.values()}) == len(found)

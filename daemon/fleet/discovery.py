@@ -48,8 +48,15 @@ def discovery_messages(settings: MqttSettings, door: DoorConfig, sw_version: str
         ]
     entities += [("sensor", "last_granted", _last_granted(settings)), ("event", "access", _access(settings))]
     return [(f"{settings.discovery_prefix}/{component}/{node}/{object_id}/config",
-             {**common, **config, "unique_id": f"{node}_{object_id}", "object_id": f"{node}_{object_id}"})
+             {**common, **config, "unique_id": f"{node}_{object_id}",
+              "default_entity_id": _entity_id(component, f"{node}_{object_id}")})
             for component, object_id, config in entities]
+
+
+def _entity_id(component: str, object_id: str) -> str:
+    """default_entity_id: HA 2025.10 replaced object_id with it (object_id stops working in 2026.4);
+    older HA drops the unknown key (its discovery schemas remove extras) and names the entity itself."""
+    return f"{component}.{re.sub(r'[^a-z0-9_]', '_', object_id.lower())}"
 
 
 def _lock(settings: MqttSettings) -> dict[str, Any]:
