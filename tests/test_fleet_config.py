@@ -32,6 +32,7 @@ def test_the_defaults_follow_the_door_name(tmp_path):
     assert (mqtt.port, mqtt.client_id, mqtt.topic_prefix, mqtt.allow_remote_unlock) == \
         (1883, "facegate-loading-bay", "facegate/loading-bay", False)
     assert mqtt.command_topic == "facegate/loading-bay/command" and mqtt.discovery_prefix == "homeassistant"
+    assert (mqtt.command_max_age_seconds, mqtt.require_issued_at) == (30, True), "stale unlocks refused by default"
     assert parsed({"host": "broker.lan", "tls": {"enabled": True}}).mqtt.port == 8883
 
 
@@ -52,6 +53,9 @@ def test_the_password_is_read_from_its_file(tmp_path):
     ({"host": "b", "gallery_public_key": "/nonexistent/desk.pub"}, "mqtt.gallery_public_key"),
     ({"host": "b", "keepalive": 1}, "mqtt.keepalive"),
     ({"host": "b", "allow_remote_unlock": "yes"}, "mqtt.allow_remote_unlock"),
+    ({"host": "b", "command_max_age_seconds": 0}, "mqtt.command_max_age_seconds"),
+    ({"host": "b", "command_max_age_seconds": "30s"}, "mqtt.command_max_age_seconds"),
+    ({"host": "b", "require_issued_at": "no"}, "mqtt.require_issued_at"),
     ({"host": "b", "qos": 2}, "mqtt.qos"),
 ])
 def test_a_bad_mqtt_value_names_its_key(mqtt, key):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -218,14 +219,79 @@ def test_remote_unlock_is_off_by_default_and_refusals_are_recorded(broker_factor
 def test_remote_unlock_when_allowed_names_the_sender(broker_factory, door):
     broker = broker_factory()
     link = door.link(broker, allow_remote_unlock=True)
+    issued_at = round(time.time(), 3)
     try:
         wait_until(lambda: link.connected)
-        send_command(broker, b'{"command": "unlock", "client_id": "security-desk"}')
+        send_command(broker, json.dumps({"command": "unlock", "client_id": "security-desk",
+                                         "issued_at": issued_at}).encode())
         wait_until(lambda: door.commands)
     finally:
         link.close()
-    assert door.commands == [Command("unlock", "security-desk")]
+    assert door.commands == [Command("unlock", "security-desk", issued_at)]
     assert door.commands[0].reason == "remote unlock by security-desk (MQTT)"
+    assert not door.commands[0].expired(), "handed over with its expiry ahead"
+
+
+def test_a_retained_command_is_never_obeyed_and_the_refusal_says_how_to_clear_it(broker_factory, door, caplog):
+    """The broker hands a retained command over at every subscription: the door takes none of them, and takes
+    the live commands after it."""
+    broker = broker_factory()
+    fresh = json.dumps({"command": "unlock", "client_id": "ha-automation", "issued_at": time.time()}).encode()
+    broker.publish(f"{PREFIX}/command", fresh, retain=True)  # the easy mistake: mosquitto_pub -r, or retain: true
+    with caplog.at_level(logging.WARNING, "facegate.mqtt"):
+        link = door.link(broker, allow_remote_unlock=True)
+        try:
+            wait_until(lambda: EventReader(door.path / "events.db").query(kinds=["command_refused"]))
+            send_command(broker, b'{"command": "lock", "client_id": "after"}')
+            wait_until(lambda: door.commands)
+        finally:
+            link.close()
+    assert door.commands == [Command("lock", "after")], "the retained unlock was not handed to the door"
+    [refused] = EventReader(door.path / "events.db").query(kinds=["command_refused"])
+    assert refused.reason.startswith("retained command ignored")
+    assert f"mosquitto_pub -r -n -t {PREFIX}/command" in refused.reason
+    assert "retained command ignored" in caplog.text
+
+
+def test_clearing_the_retained_command_is_no_refusal(broker_factory, door):
+    broker = broker_factory()
+    link = door.link(broker)
+    try:
+        wait_until(lambda: link.connected)
+        broker.publish(f"{PREFIX}/command", b"", retain=True)  # mosquitto_pub -r -n: what the refusal advises
+        send_command(broker, b'{"command": "reload", "client_id": "after"}')
+        wait_until(lambda: door.commands)
+    finally:
+        link.close()
+    assert door.commands == [Command("reload", "after")]
+    assert EventReader(door.path / "events.db").query(kinds=["command_refused"]) == []
+
+
+@pytest.mark.parametrize("offset, accepted, why", [
+    (-120.0, False, "s ago, over mqtt.command_max_age_seconds (30 s)"),
+    (-5.0, True, None),
+    (2.0, True, None),  # within the tolerated clock skew
+    (60.0, False, "s in the future, beyond the 5 s of clock skew tolerated"),
+])
+def test_issued_at_is_checked_against_the_maximum_age_and_the_clock_skew(broker_factory, door, offset, accepted,
+                                                                         why):
+    broker = broker_factory()
+    link = door.link(broker, allow_remote_unlock=True)
+    try:
+        wait_until(lambda: link.connected)
+        stamp = time.time() + offset
+        send_command(broker, json.dumps({"command": "unlock", "client_id": "desk", "issued_at": stamp}).encode())
+        send_command(broker, b'{"command": "lock", "client_id": "after"}')
+        wait_until(lambda: any(c.name == "lock" for c in door.commands))
+    finally:
+        link.close()
+    refused = EventReader(door.path / "events.db").query(kinds=["command_refused"])
+    if accepted:
+        assert [c.name for c in door.commands] == ["unlock", "lock"] and refused == []
+    else:
+        assert [c.name for c in door.commands] == ["lock"]
+        [refusal] = refused
+        assert refusal.reason.startswith("remote unlock by desk refused: ") and why in refusal.reason, refusal.reason
 
 
 @pytest.mark.parametrize("payload, why", [

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from daemon.events import EventReader
-from daemon.fleet.commands import Command, CommandRefused, parse_command
+from daemon.fleet.commands import Command, CommandRefused, receive
 from daemon.fleet.cursor import Cursor
 from daemon.fleet.discovery import birth_topic
 from daemon.fleet.publisher import EventPublisher
@@ -195,7 +195,7 @@ class FleetLink:
     def _on_message(self, client, userdata, message) -> None:
         try:
             if message.topic == self.settings.command_topic:
-                self._command(message.payload)
+                self._command(message.payload, bool(message.retain))
             elif message.topic == self.settings.gallery_topic and self.fleet.gallery_sync is not None:
                 self.fleet.gallery_sync.offer(message.payload)
             elif message.topic == birth_topic(self.settings) and message.payload == b"online":
@@ -205,14 +205,14 @@ class FleetLink:
         except Exception:  # a message must never take the link down
             log.exception("MQTT: handling a message on %s failed", message.topic)
 
-    def _command(self, payload: bytes) -> None:
+    def _command(self, payload: bytes, retained: bool) -> None:
+        if not payload:  # what clearing a retained command delivers: nothing to obey, nothing wrong
+            log.info("MQTT: the command topic %s was cleared", self.settings.command_topic)
+            return
         try:
-            command = parse_command(payload)
+            command = receive(payload, retained, self.settings)
         except CommandRefused as refusal:
             self._refuse(str(refusal))
-            return
-        if command.name == "unlock" and not self.settings.allow_remote_unlock:
-            self._refuse(f"remote unlock by {command.client_id} refused: mqtt.allow_remote_unlock is false")
             return
         self.fleet.on_command(command)
 

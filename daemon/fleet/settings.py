@@ -5,7 +5,8 @@ Topics (prefix: mqtt.topic_prefix, default facegate/<door name>):
   <prefix>/state            retained: lock, door contact, alarms, the last person granted
   <prefix>/availability     retained: online; offline (also as the last will)
   <prefix>/gallery          retained: the gallery bundle version this door runs
-  <prefix>/command          in: {"command": "unlock" | "lock" | "reload", "client_id": "..."}
+  <prefix>/command          in: {"command": "unlock" | "lock" | "reload", "client_id": "...", "issued_at": ...}
+                            (never retained: daemon/fleet/commands.py)
   <gallery_topic>           in, retained: the front desk's signed gallery bundle (shared by the fleet)
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 from daemon.settings import ConfigError, Section
 
 KEYS = {"host", "port", "tls", "username", "password_file", "client_id", "topic_prefix", "keepalive",
-        "allow_remote_unlock", "discovery_prefix", "gallery_topic", "gallery_public_key"}
+        "allow_remote_unlock", "command_max_age_seconds", "require_issued_at", "discovery_prefix", "gallery_topic",
+        "gallery_public_key"}
 TLS_KEYS = {"enabled", "ca", "cert", "key"}
 DEFAULT_GALLERY_TOPIC = "facegate/gallery"
 _TOPIC = re.compile(r"[^#+\x00]+")  # a topic name to publish to: no wildcards, not empty
@@ -42,6 +44,8 @@ class MqttSettings:
     topic_prefix: str
     keepalive: int
     allow_remote_unlock: bool
+    command_max_age_seconds: float  # a command older than this is refused (daemon/fleet/commands.py)
+    require_issued_at: bool  # an unlock without issued_at is refused
     discovery_prefix: str | None  # None: no Home Assistant discovery
     gallery_topic: str
     gallery_public_key: Path | None  # None: this door does not take gallery bundles from the broker
@@ -102,6 +106,8 @@ def parse_mqtt(raw: Any, door_name: str, path: str = "mqtt") -> MqttSettings | N
         topic_prefix=topic_prefix,
         keepalive=section.number("keepalive", 60, low=5, high=65535, integer=True),
         allow_remote_unlock=section.get("allow_remote_unlock", bool, False),
+        command_max_age_seconds=section.number("command_max_age_seconds", 30.0, low=1, high=3600),
+        require_issued_at=section.get("require_issued_at", bool, True),
         discovery_prefix=discovery,
         gallery_topic=gallery_topic,
         gallery_public_key=_file(section, "gallery_public_key", "the front desk's Ed25519 public key (PEM), "
