@@ -10,13 +10,15 @@ import subprocess
 import sys
 import time
 import zlib
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from daemon.gallery import (SCHEMA_VERSION, AmbiguousName, CorruptGallery, DuplicateExternalId, Gallery,
-                            GalleryError, PersonNotFound, SchemaTooNew, Template, load_or_build)
+                            GalleryError, NewPerson, PersonNotFound, SchemaTooNew, Template, check_gallery_file,
+                            checked_name, escaped, load_or_build)
 from engines.model_card import load_card
 from tests.conftest import MODELS, REPO
 
@@ -112,6 +114,11 @@ def test_duplicate_external_ids_and_ambiguous_names_are_refused(gallery):
 @pytest.mark.parametrize("bad, message", [
     (dict(templates=[]), "at least one template"),
     (dict(name="  "), "non-empty"),
+    (dict(name="Bob\x1b[31m"), r"ESC \(U\+001B\) at character 4"),
+    (dict(name="Bob\x00"), "NUL"),
+    (dict(name="Bob\nINFO facegate.daemon: GRANT Mallory"), "LINE FEED"),
+    (dict(name="\u202eecilA"), "RIGHT-TO-LEFT OVERRIDE"),
+    (dict(name="x" * 201), "201 characters long: at most 200"),
     (dict(templates=[Template(np.full(DIM, np.nan), CARD.id)]), "NaN"),
     (dict(templates=[Template(np.zeros((2, 64)), CARD.id)]), "1-D"),
     (dict(templates=[Template(np.zeros(DIM), CARD.id, source="scanner")]), "source"),
@@ -127,6 +134,30 @@ def test_bad_arguments_are_refused_before_anything_is_written(gallery, bad, mess
     with pytest.raises(ValueError, match=message):
         gallery.add_person(**arguments)
     assert gallery.list_people() == [] and gallery.generation() == generation
+
+
+def test_names_that_people_have_are_accepted():
+    for name in ("Zoë Ångström", "فرزانه\u200cی", "क्\u200dष", "O'Brien-Smith", "x" * 200):
+        assert checked_name(name) == escaped(name) == name
+
+
+def test_a_printed_name_cannot_move_the_cursor_recolour_the_terminal_or_fake_a_log_line():
+    assert escaped("Bob\x1b[2J\x00\nINFO GRANT \u202eecilA\\x1b") == "Bob\\x1b[2J\\x00\\nINFO GRANT \\u202eecilA\\\\x1b"
+
+
+def test_several_people_are_enrolled_in_one_transaction_or_not_at_all(gallery):
+    def person(name: str, external_id: str | None = None) -> NewPerson:
+        return NewPerson(name, external_id, None, True, None, None, templates_for(name))
+
+    gallery.add_person("Alice", templates_for("a"), external_id="E-1")
+    generation = gallery.generation()
+    with pytest.raises(DuplicateExternalId):
+        gallery.add_people([person("Bob"), person("Carol", "E-1")])
+    with pytest.raises(ValueError, match="person 1 .*NUL"):
+        gallery.add_people([person("Bob"), person("Dan\x00")])
+    assert [p.name for p in gallery.list_people()] == ["Alice"] and gallery.generation() == generation
+    ids = gallery.add_people([person("Bob"), person("Carol", "E-2")])
+    assert [gallery.get_person(i).name for i in ids] == ["Bob", "Carol"] and gallery.generation() == generation + 1
 
 
 # --- transactions and generations ------------------------------------------------------------------
@@ -229,9 +260,52 @@ def test_a_garbage_file_is_a_corrupt_gallery_named_in_the_error(tmp_path):
     path = tmp_path / "gallery.db"
     garbage = random.Random(1).randbytes(8192)
     path.write_bytes(garbage)
-    with pytest.raises(CorruptGallery, match=str(path)):
-        Gallery.open(path)
-    assert path.read_bytes() == garbage
+    os.chmod(path, 0o644)
+    before = folder_state(tmp_path)
+    for opening in (Gallery.open, check_gallery_file):
+        with pytest.raises(CorruptGallery, match=f"{path}: not a readable facegate gallery .* move it aside"):
+            opening(path)
+        assert folder_state(tmp_path) == before  # bytes, mode and no -wal or -shm left
+
+
+def test_another_sqlite_database_is_not_taken_for_a_gallery_nor_written_to(tmp_path):
+    path = tmp_path / "events.db"
+    with closing(sqlite3.connect(path)) as raw:
+        raw.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, kind TEXT)")
+        raw.execute("PRAGMA user_version = 1")
+    before = folder_state(tmp_path)
+    for opening in (Gallery.open, check_gallery_file):
+        with pytest.raises(CorruptGallery, match="a SQLite database but not a facegate gallery .*tables: events"):
+            opening(path)
+        assert folder_state(tmp_path) == before
+
+
+def test_checking_a_sound_gallery_changes_nothing_and_a_missing_one_passes(tmp_path):
+    path = tmp_path / "gallery.db"
+    with Gallery.open(path) as gallery:
+        gallery.add_person("Alice", templates_for("a"))
+    before = folder_state(tmp_path)
+    check_gallery_file(path)
+    assert folder_state(tmp_path) == before
+    check_gallery_file(tmp_path / "new" / "gallery.db")
+    assert folder_state(tmp_path) == before
+
+
+def test_a_folder_given_as_the_gallery_is_named_and_left_alone(tmp_path):
+    folder = tmp_path / "state"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    for opening in (Gallery.open, check_gallery_file):
+        with pytest.raises(GalleryError, match=f"{folder} is a folder, not a gallery file: name the file, e.g. "
+                                               f"{folder / 'gallery.db'}"):
+            opening(folder)
+    assert mode(folder) == 0o755 and list(folder.iterdir()) == []
+
+
+def test_a_file_in_place_of_the_folder_is_named(tmp_path):
+    (tmp_path / "state").write_text("")
+    with pytest.raises(GalleryError, match=f"{tmp_path / 'state'} is a file, not a folder"):
+        Gallery.open(tmp_path / "state" / "gallery.db")
 
 
 def test_the_integrity_report_finds_damage_done_behind_the_gallery_s_back(gallery):
@@ -263,6 +337,12 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def folder_state(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file and folder below folder: its mode and (for files) its bytes."""
+    return {str(p.relative_to(folder)): (mode(p), p.read_bytes() if p.is_file() else b"")
+            for p in sorted(folder.rglob("*"))}
+
+
 def test_database_files_are_owner_only_whatever_the_umask(tmp_path):
     old_umask = os.umask(0o002)
     try:
@@ -276,12 +356,18 @@ def test_database_files_are_owner_only_whatever_the_umask(tmp_path):
         os.umask(old_umask)
 
 
-def test_an_existing_database_readable_by_others_is_made_owner_only(tmp_path):
+def test_a_database_readable_by_others_is_named_when_opened_and_made_owner_only_by_a_write(tmp_path, caplog):
     path = tmp_path / "gallery.db"
     Gallery.open(path).close()
     os.chmod(path, 0o644)
-    Gallery.open(path).close()
-    assert mode(path) == 0o600
+    with Gallery.open(path) as gallery:
+        gallery.list_people()
+        with pytest.raises(ValueError):
+            gallery.add_person("Bob\x1b", templates_for("b"))  # refused: no write, no change of mode
+        assert mode(path) == 0o644
+        assert f"{path} is readable by others (mode 644)" in caplog.text
+        gallery.add_person("Alice", templates_for("a"))
+        assert mode(path) == 0o600
 
 
 def test_a_removed_person_leaves_no_trace_of_their_embedding_or_photo(tmp_path):

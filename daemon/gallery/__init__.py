@@ -12,13 +12,15 @@ model's templates only, so the daemon searches with whichever card it is configu
 from .errors import (AmbiguousName, CorruptGallery, DuplicateExternalId, GalleryError, PersonNotFound,
                      SchemaTooNew)
 from .index import KINDS, GalleryIndex, Match, load_or_build
+from .names import MAX_NAME_LENGTH, checked_name, escaped
 from .reader import GalleryReader
 from .records import ModelTemplates, NewPerson, Person, Snapshot, StoredTemplate, SyncedBundle, Template, listed
 from .schema import SCHEMA_VERSION
-from .store import Gallery
+from .store import Gallery, check_gallery_file
 
 __all__ = [
     "AmbiguousName", "CorruptGallery", "DuplicateExternalId", "Gallery", "GalleryError", "GalleryIndex",
-    "GalleryReader", "KINDS", "Match", "ModelTemplates", "NewPerson", "Person", "PersonNotFound", "SCHEMA_VERSION",
-    "SchemaTooNew", "Snapshot", "StoredTemplate", "SyncedBundle", "Template", "listed", "load_or_build",
+    "GalleryReader", "KINDS", "MAX_NAME_LENGTH", "Match", "ModelTemplates", "NewPerson", "Person", "PersonNotFound",
+    "SCHEMA_VERSION", "SchemaTooNew", "Snapshot", "StoredTemplate", "SyncedBundle", "Template", "check_gallery_file",
+    "checked_name", "escaped", "listed", "load_or_build",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from .errors import SchemaTooNew
+from .errors import CorruptGallery, SchemaTooNew
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -74,6 +74,22 @@ def refuse_newer(connection: sqlite3.Connection, path: Path) -> None:
         raise SchemaTooNew(
             f"{path}: gallery schema version {version} is newer than this facegate supports "
             f"({SCHEMA_VERSION}); upgrade facegate, the file was left untouched")
+
+
+# The tables of every released schema: a database at version 1 or later without them is something else.
+GALLERY_TABLES = {"people", "templates", "gallery_state"}
+
+
+def refuse_foreign(connection: sqlite3.Connection, path: Path) -> None:
+    """Raise CorruptGallery, before anything is written, for a SQLite database that is not a gallery
+    (another program's, or the event log given as the gallery): migrating it would write into it."""
+    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    version = schema_version(connection)
+    missing = GALLERY_TABLES - tables
+    if (version == 0 and tables - {"sqlite_sequence"}) or (version > 0 and missing):
+        found = ", ".join(sorted(tables)) or "none"
+        raise CorruptGallery(f"{path}: a SQLite database but not a facegate gallery (schema version {version}, "
+                             f"tables: {found}); check the path, or move the file aside to start an empty gallery")
 
 
 def migrate(connection: sqlite3.Connection, path: Path) -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -28,8 +30,9 @@ from .errors import AmbiguousName, CorruptGallery, DuplicateExternalId, GalleryE
 from engines.atomic_file import fsync_dir
 
 from .files import create_private_file, ensure_private_dir, tighten
+from .names import checked_name
 from .records import SOURCES, ModelTemplates, NewPerson, Person, Snapshot, StoredTemplate, SyncedBundle, Template
-from .schema import migrate, refuse_newer
+from .schema import migrate, refuse_foreign, refuse_newer
 
 log = logging.getLogger("facegate.gallery")
 
@@ -45,15 +48,23 @@ class Gallery:
     def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
         self.path = path
         self._connection = connection
+        self._private = False  # the files made owner-only, which the first committed write does
 
     @classmethod
     def open(cls, path: str | Path, *, busy_timeout_s: float = 10.0) -> Gallery:
-        """Open (creating and migrating when needed) the gallery database at path."""
+        """Open (creating and migrating when needed) the gallery database at path.
+
+        A missing folder is created (0700). An existing file readable by others is only named in a
+        warning here: its mode changes with the first write that succeeds, never on a failed command.
+        """
         path = Path(path)
-        ensure_private_dir(path.parent)
-        create_private_file(path)  # before SQLite does, so the file and its -wal/-shm are 0600
-        for file in (path, _sidecar(path, "-wal"), _sidecar(path, "-shm")):
-            tighten(file)
+        _refuse_unusable_path(path)
+        try:
+            ensure_private_dir(path.parent)
+            create_private_file(path)  # before SQLite does, so the file and its -wal/-shm are 0600
+        except OSError as error:
+            raise GalleryError(_path_problem(path) or f"{path}: cannot create it: {error.strerror}") from None
+        _warn_if_shared(path)
         with _translated(path):
             connection = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None,
                                          check_same_thread=False)
@@ -97,7 +108,7 @@ class Gallery:
                    note: str | None = None, valid_from: str | date | None = None,
                    valid_until: str | date | None = None) -> int:
         """Enrol a person with at least one template, all in one transaction; returns the person id."""
-        name = _checked_name(name)
+        name = checked_name(name)
         rows = _checked_templates(templates)
         validity = _checked_validity(valid_from, valid_until)
         now = _now()
@@ -105,6 +116,18 @@ class Gallery:
             person_id = _insert_person(connection, name, external_id, note, True, validity, now)
             _insert_templates(connection, person_id, rows, now)
         return person_id
+
+    def add_people(self, people: Sequence[NewPerson]) -> list[int]:
+        """Enrol several people in one transaction, all or none; returns their ids in order."""
+        checked = [_checked_person(number, person) for number, person in enumerate(people)]
+        now = _now()
+        ids = []
+        with self._transaction() as connection:
+            for person, validity, rows in checked:
+                ids.append(_insert_person(connection, person.name, person.external_id, person.note, person.active,
+                                          validity, now))
+                _insert_templates(connection, ids[-1], rows, now)
+        return ids
 
     def add_templates(self, person_id: int, templates: Sequence[Template]) -> list[int]:
         """Add templates to an enrolled person in one transaction; returns the template ids."""
@@ -144,7 +167,7 @@ class Gallery:
         return self._people("ORDER BY p.name, p.id", ())
 
     def rename(self, person_id: int, name: str) -> None:
-        self._update_person(person_id, name=_checked_name(name))
+        self._update_person(person_id, name=checked_name(name))
 
     def set_active(self, person_id: int, active: bool) -> None:
         self._update_person(person_id, active=int(bool(active)))
@@ -288,6 +311,10 @@ class Gallery:
             except BaseException:
                 self._connection.execute("ROLLBACK")
                 raise
+        if not self._private:
+            for file in (self.path, _sidecar(self.path, "-wal"), _sidecar(self.path, "-shm")):
+                tighten(file)
+            self._private = True
 
     @contextmanager
     def _read_transaction(self) -> Iterator[sqlite3.Connection]:
@@ -327,12 +354,31 @@ def _configure(connection: sqlite3.Connection, path: Path, busy_timeout_s: float
     connection.execute("PRAGMA foreign_keys = ON")
     connection.execute("PRAGMA secure_delete = ON")
     refuse_newer(connection, path)
+    refuse_foreign(connection, path)
     mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
         raise GalleryError(f"{path}: cannot use write-ahead logging (journal mode stays {mode!r})")
     # FULL: an edge box loses power; a confirmed enrolment must survive that, not only a crash.
     connection.execute("PRAGMA synchronous = FULL")
     migrate(connection, path)
+
+
+def check_gallery_file(path: str | Path) -> None:
+    """Raise a GalleryError naming the file when Gallery.open would refuse it: an unusable path, a file
+    that is not a gallery or is damaged, a newer schema. Reads only: creates, changes and leaves nothing
+    (a missing file passes: Gallery.open creates it)."""
+    path = Path(path)
+    _refuse_unusable_path(path)
+    if not path.exists():
+        return
+    with _translated(path):
+        connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        with _translated(path):
+            refuse_newer(connection, path)
+            refuse_foreign(connection, path)
+    finally:
+        connection.close()  # the last connection removes the -wal and -shm files it made
 
 
 @contextmanager
@@ -344,7 +390,61 @@ def _translated(path: Path) -> Iterator[None]:
         if type(error) is sqlite3.DatabaseError:  # its subclasses are locks, I/O, constraints, misuse
             raise CorruptGallery(f"{path}: not a readable facegate gallery ({error}); restore it "
                                  "from a backup or move it aside to start an empty one") from error
+        if getattr(error, "sqlite_errorcode", 0) & 0xFF in (SQLITE_READONLY, SQLITE_CANTOPEN):
+            raise GalleryError(_path_problem(path) or f"{path}: {error}") from error
         raise GalleryError(f"{path}: {error}") from error
+
+
+SQLITE_READONLY = 8
+SQLITE_CANTOPEN = 14
+
+
+def _refuse_unusable_path(path: Path) -> None:
+    """Refuse, before anything is created, a path SQLite could not use (see _path_problem)."""
+    problem = _path_problem(path)
+    if problem is not None:
+        raise GalleryError(problem)
+
+
+def _path_problem(path: Path) -> str | None:
+    """What about the path keeps SQLite from using it read-write, when that is the reason; None otherwise.
+
+    os.access answers for this process's user, root included: a folder mounted read-only is
+    read-only for root too, while root may write into a folder of mode 0555.
+    """
+    folder = path.parent
+    if path.is_dir():
+        return f"{path} is a folder, not a gallery file: name the file, e.g. {path / 'gallery.db'}"
+    if not folder.exists():
+        return None  # Gallery.open creates it; a path that must exist already is refused by its caller
+    if not folder.is_dir():
+        return f"{path}: {folder} is a file, not a folder"
+    user = _user()
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (f"{path}: the folder {folder} is read-only for {user}, and SQLite keeps the gallery's -wal and "
+                f"-shm files beside it: make the folder writable for {user}, or run as the user that owns it")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return f"{path} is read-only for {user}: make it readable and writable for {user} (chmod 600, chown)"
+    return None
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return f"user {pwd.getpwuid(os.geteuid()).pw_name}"
+    except (ImportError, KeyError):
+        return f"user id {os.geteuid()}"
+
+
+def _warn_if_shared(path: Path) -> None:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning("%s is readable by others (mode %o): face templates are biometric data; the next change to "
+                    "the gallery makes it owner-only (or: chmod 600 %s)", path, mode, path)
 
 
 def _sidecar(path: Path, suffix: str) -> Path:
@@ -352,12 +452,6 @@ def _sidecar(path: Path, suffix: str) -> Path:
 
 
 # --- argument checks ----------------------------------------------------------------------
-
-
-def _checked_name(name: str) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"a person's name must be a non-empty string, got {name!r}")
-    return name.strip()
 
 
 def _checked_templates(templates: Sequence[Template]) -> list[tuple[Any, ...]]:
@@ -377,7 +471,7 @@ def _checked_person(number: int, person: NewPerson) -> tuple[NewPerson, tuple[st
                                                               list[tuple[Any, ...]]]:
     """A person of replace_everyone checked like add_person's arguments, before any write."""
     try:
-        named = replace(person, name=_checked_name(person.name))
+        named = replace(person, name=checked_name(person.name))
         return named, _checked_validity(person.valid_from, person.valid_until), _checked_templates(person.templates)
     except ValueError as error:
         raise ValueError(f"person {number} ({person.name!r}): {error}") from None
