@@ -111,7 +111,7 @@ def test_the_sface_card_describes_the_published_model():
     assert card.alignment.chip_size == (112, 112)
     assert card.source["sha256"] == "0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79"
     assert card.licence == "Apache-2.0"
-    # The default by measurement (README, compare_embedders.py); dlib stays installed beside it.
+    # The default by measurement (docs/figures.md, compare_embedders.py); dlib stays installed beside it.
     assert find_card(MODELS, "embedder").id == "sface-2021dec"
     assert {c.id for c in cards_of(MODELS, "embedder")} == {"sface-2021dec", "dlib-resnet-v1"}
 
