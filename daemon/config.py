@@ -101,13 +101,54 @@ def load(path: str | Path) -> Config:
 
 
 def read_yaml(path: Path) -> Any:
-    """A config file's YAML, unvalidated; ConfigError when it cannot be read or parsed."""
+    """A config file's YAML, unvalidated; ConfigError when it cannot be read or parsed, or repeats a key."""
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text()
     except OSError as error:
         raise ConfigError(f"cannot read config {path}: {error.strerror}") from error
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as duplicate:
+        raise ConfigError(f"{path}: {duplicate}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
+
+
+class _DuplicateKey(Exception):
+    """A mapping of the config names one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a key written twice in one mapping is refused: YAML's last-one-wins would
+    silently drop the first value, e.g. a second `relay:` under `door:` replacing the pin."""
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        self._check(node, "", set())
+        return self.construct_document(node)
+
+    def _check(self, node: yaml.Node, path: str, checked: set[int]) -> None:
+        if id(node) in checked:  # an alias: checked where its anchor is (and it may refer to itself)
+            return
+        checked.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._check(item, f"{path}[{index}]", checked)
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` merges a mapping in; a list as a key is no config key anyway
+                key = self.construct_object(key_node)
+                where = f"{path}.{key}" if path else str(key)
+                if key in seen:
+                    raise _DuplicateKey(f"{where} is given twice, at lines {seen[key].start_mark.line + 1} and "
+                                        f"{key_node.start_mark.line + 1}: keep one (YAML would silently use the "
+                                        f"last)")
+                seen[key] = key_node
+                self._check(value_node, where, checked)
 
 
 def parse(raw: Any, path: Path | None = None) -> Config:
@@ -115,7 +156,7 @@ def parse(raw: Any, path: Path | None = None) -> Config:
     state = Path(top.section("gallery", {"path", "index", "refresh_seconds"}).get("path", str, "/var/lib/facegate/gallery.db")).parent
     models = _models(top.section("detector", _DETECTOR_KEYS))
     embedder = _embedder(top.section("embedder", {"card"}), models)
-    decision = top.section("decision", {"threshold", "margin", "k", "n", "tracker_iou", "track_max_age"})
+    decision = top.section("decision", {"threshold", "max_fpir", "margin", "k", "n", "tracker_iou", "track_max_age"})
     logging_section = top.section("logging", {"level", "status_seconds"})
     watchdog = top.section("watchdog", {"stall_seconds"})
     door = DoorConfig.from_config(top.raw.get("door"), "door")
@@ -127,7 +168,7 @@ def parse(raw: Any, path: Path | None = None) -> Config:
         embedder=embedder,
         quality=_quality(top.section("quality", set(QualityLimits.__dataclass_fields__))),
         gallery=_gallery(top.section("gallery", {"path", "index", "refresh_seconds"}), state),
-        decision=_decision(decision, embedder),
+        decision=_decision(decision),
         liveness=_liveness(top.section("liveness", {"enabled", "threshold", "models_dir", "engines"}), models),
         tracker_iou=decision.number("tracker_iou", 0.3, low=0.01, high=1),
         track_max_age=decision.number("track_max_age", 1.0, low=0.05, high=60),
@@ -161,10 +202,12 @@ _DETECTOR_KEYS = {"models_dir", "engines", "threads", "sessions", "min_face_size
 _ROLES = ("pnet", "rnet", "onet", "embedder")
 
 
-def _decision(section: Section, embedder: ModelCard) -> DecisionConfig:
+def _decision(section: Section) -> DecisionConfig:
     try:
+        # threshold null (the default): the one that holds max_fpir for the gallery's size (daemon/decision.py).
         return DecisionConfig(
-            threshold=section.number("threshold", embedder.threshold, low=1e-6),
+            threshold=section.number("threshold", None, low=1e-6),
+            max_fpir=section.number("max_fpir", 1e-3, low=1e-9, high=0.5),
             margin=section.number("margin", 0.05, low=0),
             k=section.number("k", 3, low=1, high=100, integer=True),
             n=section.number("n", 5, low=1, high=100, integer=True))

@@ -10,6 +10,15 @@ class ConfigError(ValueError):
 
 _MISSING = object()
 
+# What an operator reads in "expected ...": YAML's words, not Python's type names.
+KIND_NAMES = {int: "an integer", float: "a number", str: "a string", dict: "a mapping", list: "a list",
+              bool: "true or false"}
+
+
+def kind_names(kinds: tuple[type, ...]) -> str:
+    """The allowed kinds in English, e.g. 'an integer or a string'."""
+    return " or ".join(KIND_NAMES.get(kind, f"a {kind.__name__}") for kind in kinds)
+
 
 class Section:
     """One mapping of the config, read key by key; unknown keys are errors."""
@@ -40,10 +49,9 @@ class Section:
                 return None
             value = default
         kinds = kind if isinstance(kind, tuple) else (kind,)
-        if float in kinds and int not in kinds:
-            kinds = kinds + (int,)
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            self.fail(name, value, "a " + " or ".join(k.__name__ for k in kinds))
+        accepted = kinds + (int,) if float in kinds and int not in kinds else kinds  # 5 is a number too
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, accepted):
+            self.fail(name, value, kind_names(kinds))
         return float(value) if kinds[0] is float else value
 
     def number(self, name: str, default: Any = _MISSING, low: float | None = None, high: float | None = None,

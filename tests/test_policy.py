@@ -242,7 +242,7 @@ def broken(path: str, value) -> dict:
     ("groups.staff.schedule", "sometimes", "policy.groups.staff.schedule = 'sometimes' is not allowed"),
     ("groups.staff.doors", [], "policy.groups.staff.doors = [] is not allowed: expected a non-empty list"),
     ("groups.staff.doors", "front-door", "policy.groups.staff.doors = 'front-door' is not allowed"),
-    ("groups.staff.holidays", "yes", "policy.groups.staff.holidays = 'yes' is not allowed: expected a bool"),
+    ("groups.staff.holidays", "yes", "policy.groups.staff.holidays = 'yes' is not allowed: expected true or false"),
     ("groups.staff.members", [["Bob"]], "policy.groups.staff.members[0] = ['Bob'] is not allowed"),
     ("groups.staff.leader", "Bob", "policy.groups.staff.leader is not a known key"),
     ("groups.visitors", "everyone", "policy.groups.visitors = 'everyone' is not allowed: expected a mapping"),

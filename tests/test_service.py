@@ -471,7 +471,7 @@ def test_liveness_config_defaults_and_errors_name_the_key(tmp_path):
     no_cards.mkdir()
     for bad, message in (({"threshold": 1.5}, "liveness.threshold = 1.5 is not allowed: expected a number from 0 to 1"),
                          ({"threshold": -0.1}, "liveness.threshold = -0.1 is not allowed"),
-                         ({"enabled": "yes"}, "liveness.enabled = 'yes' is not allowed: expected a bool"),
+                         ({"enabled": "yes"}, "liveness.enabled = 'yes' is not allowed: expected true or false"),
                          ({"statistic": "mean"}, "liveness.statistic is not a known key"),
                          ({"models_dir": str(tmp_path / "absent")}, "liveness.models_dir = "),
                          ({"models_dir": str(no_cards)}, "model cards of role 'liveness'"),

@@ -428,7 +428,7 @@ DEMO = str(DEMO_CLIP)
     ({"type": "file", "path": "/nonexistent/clip.mp4"},
      "camera.path = '/nonexistent/clip.mp4' is not allowed: expected an existing video file or folder of images"),
     ({"type": "file", "path": DEMO, "fps": 0}, "camera.fps = 0.0 is not allowed: expected a number from 1 to 240"),
-    ({"type": "file", "path": DEMO, "loop": "yes"}, "camera.loop = 'yes' is not allowed: expected a bool"),
+    ({"type": "file", "path": DEMO, "loop": "yes"}, "camera.loop = 'yes' is not allowed: expected true or false"),
 ])
 def test_config_errors_name_the_key_the_value_and_what_is_allowed(section, message):
     with pytest.raises(SourceConfigError, match=re.escape(message)) as caught:
