@@ -355,6 +355,11 @@ class DoorService:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 return
+            if command.expired():  # it waited here (a stalled loop) past mqtt.command_max_age_seconds
+                reason = f"{command.reason} refused: it waited past mqtt.command_max_age_seconds to be carried out"
+                log.warning("MQTT command ignored: %s", reason)
+                self._record_fleet_event("command_refused", reason)
+                continue
             log.warning("MQTT command: %s", command.reason)
             if command.name == "unlock":
                 self.events.record("grant", door=self.door.config.name, reason=command.reason)
