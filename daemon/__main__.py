@@ -57,6 +57,15 @@ def check_config(path: Path) -> int:
     except PinFactoryError as error:
         print(f"{path}: valid, but cannot run on this machine: {error}", file=sys.stderr)
         return 1
+    from daemon.events import EventLogError
+    from daemon.gallery import GalleryError
+    from daemon.sqlite_files import check_state_files
+
+    try:  # nor with a gallery or event log it cannot open
+        check_state_files(config.gallery.path, config.events.path)
+    except (GalleryError, EventLogError) as error:
+        print(f"{path}: valid, but cannot run on this machine: {error}", file=sys.stderr)
+        return 1
     print(f"{path}: valid")
     return 0
 
@@ -72,9 +81,15 @@ def serve(path: Path) -> int:
         logging.getLogger("facegate").error("refusing to start: %s", error)
         return 1
     logging.getLogger("facegate").setLevel(config.log_level)
+    from daemon.events import EventLogError
+    from daemon.gallery import GalleryError
     from daemon.service import DoorService
 
-    service = DoorService(config)
+    try:
+        service = DoorService(config)
+    except (GalleryError, EventLogError) as error:  # the door released, nothing changed on disk
+        logging.getLogger("facegate").error("refusing to start: %s", error)
+        return 1
     service.install_signal_handlers()
     return service.run()
 

@@ -1,9 +1,13 @@
 """The event log: what happened at the door, in its own SQLite file.
 
-Writing never raises: a full disk, a locked or broken database each cost a log line (logger
-`facegate.events`, rate-limited) and a count, and the events wait in a bounded in-memory
-backlog that the next successful write flushes — the door keeps working either way.
-Reading (the operator's tools) raises EventLogError with a clear message.
+Opening refuses (EventLogError, naming the file and what to do) a file that cannot be the event
+log: not a SQLite database, damaged, another program's database, another schema version, a path
+SQLite cannot use. The door then does not start: nothing would record who came in. Once open,
+writing never raises: a full disk, a locked or broken database each cost a WARNING (logger
+`facegate.events`, rate-limited) and a count (write_errors, facegate_event_write_failures_total),
+and the events wait in a bounded in-memory backlog that the next successful write flushes — the
+door keeps working either way. Reading (the operator's tools) raises EventLogError with a clear message.
+
 
 Face snapshots are biometric data: they are kept only when asked for (keep_snapshots) and
 live in their own table, deleted with their event. face_snapshot() makes one from a frame and
@@ -25,6 +29,8 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
 import numpy as np
+
+from daemon.sqlite_files import is_damage, is_path_error, path_problem
 
 log = logging.getLogger("facegate.events")
 
@@ -96,7 +102,41 @@ def face_snapshot(rgb: np.ndarray, box: Sequence[float]) -> bytes | None:
 
 
 class EventLogError(RuntimeError):
-    """Reading the event log failed (missing file, not an event log, newer schema)."""
+    """Reading the event log failed (missing file, not an event log, newer schema), or it cannot be opened."""
+
+
+def check_event_log(path: str | os.PathLike[str]) -> None:
+    """Raise EventLogError naming the file and what to do when path cannot be the event log (see the
+    module's docstring). Reads only: creates, changes and leaves nothing; a missing file passes."""
+    path = Path(path)
+    problem = path_problem(path, "event log", "events.db")
+    if problem is not None:
+        raise EventLogError(problem)
+    if not path.exists():
+        return
+    aside = (f"move it aside (mv {path} {path}.damaged) to start a new, empty event log, and keep the old "
+             "one for whoever audits the door")
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as error:
+        raise EventLogError(f"{path}: cannot open the event log: {error}") from error
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as error:
+        if is_damage(error):
+            raise EventLogError(f"{path}: not a readable facegate event log ({error}): {aside}") from error
+        if is_path_error(error):
+            raise EventLogError(path_problem(path, "event log", "events.db") or f"{path}: {error}") from error
+        raise EventLogError(f"{path}: cannot read the event log: {error}") from error
+    finally:
+        db.close()  # the last connection removes the -wal and -shm files it made
+    if (version == 0 and tables - {"sqlite_sequence"}) or (version > 0 and not {"events", "snapshots"} <= tables):
+        raise EventLogError(f"{path}: a SQLite database but not a facegate event log (schema version {version}, "
+                            f"tables: {', '.join(sorted(tables)) or 'none'}): check events.path, or {aside}")
+    if version > SCHEMA_VERSION:
+        raise EventLogError(f"{path}: event log schema version {version} is newer than this facegate writes "
+                            f"({SCHEMA_VERSION}): upgrade facegate, or {aside}")
 
 
 @dataclass(frozen=True)
@@ -321,6 +361,7 @@ class EventLog(EventReader):
         self._since_prune = 0
         self._last_error_log = -_LOG_EVERY_S
         self._failing = False
+        check_event_log(self.path)  # a file that can never be written is refused now, not logged for months
         with self._lock:
             self._open()
 
@@ -365,6 +406,7 @@ class EventLog(EventReader):
         with self._lock:
             self._closed = True
             if self._pending:
+                self._next_open = 0.0  # the last chance for the backlog: reopen now, not at the next retry time
                 self._flush()
             if self._pending:
                 log.error("%d events could not be written before close and are lost", len(self._pending))
@@ -458,5 +500,6 @@ class EventLog(EventReader):
         now = time.monotonic()
         if now - self._last_error_log >= _LOG_EVERY_S:
             self._last_error_log = now
-            log.error("event log %s: %s%s (%d failed writes, %d events waiting, %d dropped; the door keeps working)",
-                      self.path, f"{what}: " if what else "", error, self.write_errors, len(self._pending), self.dropped)
+            log.warning("event log %s: %s%s (%d failed writes, %d events waiting, %d dropped; the door keeps "
+                        "working)", self.path, f"{what}: " if what else "", error, self.write_errors,
+                        len(self._pending), self.dropped)

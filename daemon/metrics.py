@@ -11,6 +11,8 @@ GET /metrics (Prometheus text format):
   facegate_camera_reconnects_total                 a counter read from the camera source's stats
   facegate_gallery_people, facegate_gallery_version  enrolled people; the synced bundle version or 0
   facegate_mqtt_connected, facegate_mqtt_backlog   1/0; events the broker has not acknowledged yet
+  facegate_event_write_failures_total              event log writes that failed (full disk, locked or broken file)
+  facegate_events_dropped_total                    events lost: the in-memory backlog overflowed while writes failed
 A value read at scrape time whose reader fails or has nothing to report is left out of that scrape.
 
 GET /healthz: 200 {"status": "ok", ...} while frames flow, 503 {"status": "stalled", ...} when none came
@@ -140,7 +142,8 @@ class DoorMetrics:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, fps_window: float = 5.0,
                  camera_reconnects: Reading | None = None, gallery_people: Reading | None = None,
                  gallery_version: Reading | None = None, mqtt_connected: Reading | None = None,
-                 mqtt_backlog: Reading | None = None) -> None:
+                 mqtt_backlog: Reading | None = None, event_write_failures: Reading | None = None,
+                 events_dropped: Reading | None = None) -> None:
         self.registry = CollectorRegistry()
         self._clock = clock
         self._fps_window = fps_window
@@ -167,11 +170,13 @@ class DoorMetrics:
         self.watch("facegate_relay_on", "1 while the lock relay is energised", lambda: self._relay_on)
         self.watch("facegate_door_open", "1 while the door contact reads open (absent without a contact)",
                    lambda: self._door_open)
-        self._watch_given(camera_reconnects, gallery_people, gallery_version, mqtt_connected, mqtt_backlog)
+        self._watch_given(camera_reconnects, gallery_people, gallery_version, mqtt_connected, mqtt_backlog,
+                          event_write_failures, events_dropped)
 
     def _watch_given(self, camera_reconnects: Reading | None, gallery_people: Reading | None,
                      gallery_version: Reading | None, mqtt_connected: Reading | None,
-                     mqtt_backlog: Reading | None) -> None:
+                     mqtt_backlog: Reading | None, event_write_failures: Reading | None,
+                     events_dropped: Reading | None) -> None:
         given = (
             ("facegate_camera_reconnects_total", "Camera reopens after the first open (the source's stats)",
              camera_reconnects, True),
@@ -179,6 +184,10 @@ class DoorMetrics:
             ("facegate_gallery_version", "Version of the synced gallery bundle, 0 for none", gallery_version, False),
             ("facegate_mqtt_connected", "1 while connected to the MQTT broker", mqtt_connected, False),
             ("facegate_mqtt_backlog", "Events not yet acknowledged by the MQTT broker", mqtt_backlog, False),
+            ("facegate_event_write_failures_total", "Event log writes that failed (the events wait in memory)",
+             event_write_failures, True),
+            ("facegate_events_dropped_total", "Events lost because the event log's in-memory backlog overflowed",
+             events_dropped, True),
         )
         for name, help, read, counter in given:
             if read is not None:

@@ -26,11 +26,12 @@ from daemon.decision import Decider, Decision
 from daemon.door import Door, make_pin_factory
 from daemon.events import EventLog, face_snapshot
 from daemon.fleet.commands import Command
-from daemon.gallery import GalleryReader, listed
+from daemon.gallery import GalleryReader, escaped, listed
 from daemon.metrics import DoorMetrics, MetricsError, MetricsServer
 from daemon.notify import Notifier
 from daemon.recognition import Observation, Recogniser
 from daemon.settings import ConfigError
+from daemon.sqlite_files import check_state_files
 from daemon.sources import Frame, make_source
 from daemon.tracker import Track, Tracker
 from engines.face import Face
@@ -110,6 +111,9 @@ class DoorService:
         self.door = Door(config.door, on_event=self._door_event, clock=self.clock, pin_factory=pin_factory)
         self._closers.append(self.door.close)
         try:
+            # Both state files checked before either is opened (opening creates what is missing), so a
+            # door refusing to start for one leaves the other as it was.
+            check_state_files(config.gallery.path, config.events.path)
             self.events = EventLog(config.events.path, max_rows=config.events.max_rows,
                                    max_age_days=config.events.max_age_days, keep_snapshots=config.events.snapshots)
             self._closers.append(self.events.close)
@@ -123,7 +127,9 @@ class DoorService:
             self.gallery_version = self.gallery.synced_bundle()
             self.metrics = DoorMetrics(camera_reconnects=lambda: self.source.stats.reopens,
                                        gallery_people=lambda: self.gallery.index.people,
-                                       gallery_version=lambda: self.gallery_version.version if self.gallery_version else 0)
+                                       gallery_version=lambda: self.gallery_version.version if self.gallery_version else 0,
+                                       event_write_failures=lambda: self.events.write_errors,
+                                       events_dropped=lambda: self.events.dropped)
             if config.mqtt is not None:
                 self.fleet = self._fleet_link(config)
         except BaseException:
@@ -277,7 +283,7 @@ class DoorService:
                                external_id=person.external_id, score=decision.distance,
                                track_id=decision.track_id, reason=reason,
                                snapshot=self._snapshot(frame, observation))
-            log.warning("DENY %s (distance %.3f, track %d): %s", person.name, decision.distance,
+            log.warning("DENY %s (distance %.3f, track %d): %s", escaped(person.name), decision.distance,
                         decision.track_id, reason)
             return
         verdict = self.config.policy.allows(person, door, self.wall_clock())
@@ -287,13 +293,13 @@ class DoorService:
                            external_id=person.external_id, score=decision.distance,
                            track_id=decision.track_id, reason=verdict.reason,
                            snapshot=self._snapshot(frame, observation))
-        log.info("%s %s (distance %.3f, track %d%s): %s", kind.upper(), person.name, decision.distance,
+        log.info("%s %s (distance %.3f, track %d%s): %s", kind.upper(), escaped(person.name), decision.distance,
                  decision.track_id, _live_text(decision), verdict.reason)
         if verdict.allowed:
             self.stats.grants += 1
             if self.stats.first_grant_video_time is None:
                 self.stats.first_grant_video_time = frame.video_time
-            self.door.grant(f"{person.name} (track {decision.track_id})")
+            self.door.grant(f"{escaped(person.name)} (track {decision.track_id})")
         else:
             self.stats.denies += 1
 

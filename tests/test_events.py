@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import time
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -157,12 +158,12 @@ def test_full_disk_is_logged_counted_and_retried(log, caplog):
     # A full disk, simulated: cap this connection's database at its current size.
     pages = log._db.execute("PRAGMA page_count").fetchone()[0]
     log._db.execute(f"PRAGMA max_page_count = {pages}")
-    with caplog.at_level(logging.ERROR, logger="facegate.events"):
+    with caplog.at_level(logging.WARNING, logger="facegate.events"):
         for i in range(20):
             assert log.record("deny", reason="x" * 5000, track_id=i) is False  # no exception
     assert log.write_errors == 20 and log.pending == 20
-    assert "database or disk is full" in caplog.text
-    assert len([r for r in caplog.records if r.name == "facegate.events"]) == 1  # rate-limited
+    assert "database or disk is full" in caplog.text and "the door keeps working" in caplog.text
+    assert [r.levelname for r in caplog.records if r.name == "facegate.events"] == ["WARNING"]  # rate-limited
     log._db.execute("PRAGMA max_page_count = 1000000")  # space again
     assert log.record("grant") is True
     assert [e.kind for e in log.query()] == ["start"] + ["deny"] * 20 + ["grant"]
@@ -182,6 +183,20 @@ def test_locked_database_does_not_block_or_raise(db_path):
         assert [e.kind for e in log.query()] == ["grant", "stop"]
 
 
+def test_a_log_locked_at_open_starts_and_writes_its_backlog_by_close_at_the_latest(db_path, caplog):
+    EventLog(db_path).close()
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # a transient trouble at open: the door starts, the events wait
+    with caplog.at_level(logging.WARNING, logger="facegate.events"):
+        log = EventLog(db_path, busy_timeout=0.05, reopen_every=3600)
+        assert log.record("start") is False and log.write_errors >= 1
+        other.execute("ROLLBACK")
+        other.close()
+        log.close()  # long before the next reopen: close tries once more
+    assert [e.kind for e in EventReader(db_path).query()] == ["start"]
+    assert "could not be written" not in caplog.text
+
+
 def test_backlog_is_bounded(db_path):
     with EventLog(db_path, backlog=3) as log:
         log._db.execute("PRAGMA query_only = ON")  # every write now fails
@@ -193,17 +208,76 @@ def test_backlog_is_bounded(db_path):
         assert [e.track_id for e in log.query()] == [4, 5, 6]  # the oldest were dropped
 
 
-def test_unopenable_path_does_not_raise(tmp_path, caplog):
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_text("")
-    with caplog.at_level(logging.ERROR, logger="facegate.events"):
-        log = EventLog(blocker / "events.db")
+def test_a_log_that_cannot_reopen_at_run_time_does_not_raise(db_path, caplog):
+    log = EventLog(db_path, max_age_days=None, reopen_every=0)
+    log._db.close()
+    log._db = None  # the connection lost, as after a failed reopen
+    db_path.parent.rename(db_path.parent.with_name("gone"))
+    db_path.parent.write_text("")  # and its folder is now a file
+    with caplog.at_level(logging.WARNING, logger="facegate.events"):
         assert log.record("start") is False
     assert log.write_errors >= 1 and "cannot open" in caplog.text
     with pytest.raises(EventLogError):
         log.query()
     log.close()
     assert log.record("after close") is False
+
+
+def folder_state(folder) -> dict[str, tuple[int, bytes]]:
+    """Every file and folder below folder: its mode and (for files) its bytes."""
+    return {str(p.relative_to(folder)): (stat.S_IMODE(p.stat().st_mode), p.read_bytes() if p.is_file() else b"")
+            for p in sorted(folder.rglob("*"))}
+
+
+def gallery_file(path) -> None:
+    from daemon.gallery import Gallery
+
+    Gallery.open(path).close()
+
+
+def garbage_file(path) -> None:
+    path.write_bytes(os.urandom(3000))
+
+
+def newer_log(path) -> None:
+    EventLog(path).close()
+    with closing(sqlite3.connect(path)) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+
+
+def truncated_log(path) -> None:
+    """A real event log cut short, as a full disk or a pulled SD card leaves one."""
+    with EventLog(path, max_age_days=None) as log:
+        for number in range(300):
+            log.record("deny", reason="x" * 400, track_id=number)
+    with open(path, "r+b") as file:
+        file.truncate(path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("make, message", [
+    (garbage_file, "not a readable facegate event log \\(file is not a database\\): move it aside \\(mv {path} "
+                   "{path}.damaged\\) to start a new, empty event log"),
+    (truncated_log, "not a readable facegate event log \\(database disk image is malformed\\): move it aside"),
+    (gallery_file, "a SQLite database but not a facegate event log \\(schema version 2, tables: gallery_state, "
+                   "people, .*check events.path, or move it aside"),
+    (newer_log, f"event log schema version {SCHEMA_VERSION + 1} is newer than this facegate writes "
+                f"\\({SCHEMA_VERSION}\\): upgrade facegate, or move it aside"),
+])
+def test_a_file_that_cannot_be_the_event_log_is_refused_at_open_and_left_as_it_was(tmp_path, make, message):
+    path = tmp_path / "events.db"
+    make(path)
+    os.chmod(path, 0o644)
+    before = folder_state(tmp_path)
+    with pytest.raises(EventLogError, match=f"^{path}: " + message.format(path=path)):
+        EventLog(path)
+    assert folder_state(tmp_path) == before
+
+
+def test_a_folder_given_as_the_event_log_is_named(tmp_path):
+    with pytest.raises(EventLogError, match=f"{tmp_path} is a folder, not the event log file: name the file, e.g. "
+                                            f"{tmp_path / 'events.db'}"):
+        EventLog(tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_newer_schema_is_refused_by_the_reader(db_path):

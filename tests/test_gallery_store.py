@@ -296,7 +296,7 @@ def test_a_folder_given_as_the_gallery_is_named_and_left_alone(tmp_path):
     folder.mkdir(mode=0o755)
     os.chmod(folder, 0o755)
     for opening in (Gallery.open, check_gallery_file):
-        with pytest.raises(GalleryError, match=f"{folder} is a folder, not a gallery file: name the file, e.g. "
+        with pytest.raises(GalleryError, match=f"{folder} is a folder, not the gallery file: name the file, e.g. "
                                                f"{folder / 'gallery.db'}"):
             opening(folder)
     assert mode(folder) == 0o755 and list(folder.iterdir()) == []

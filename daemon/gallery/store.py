@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import stat
 from collections.abc import Iterator, Sequence
@@ -27,12 +26,15 @@ from typing import Any
 import numpy as np
 
 from .errors import AmbiguousName, CorruptGallery, DuplicateExternalId, GalleryError, PersonNotFound
+from daemon.sqlite_files import is_damage, is_path_error, path_problem
 from engines.atomic_file import fsync_dir
 
 from .files import create_private_file, ensure_private_dir, tighten
 from .names import checked_name
 from .records import SOURCES, ModelTemplates, NewPerson, Person, Snapshot, StoredTemplate, SyncedBundle, Template
 from .schema import migrate, refuse_foreign, refuse_newer
+from daemon.panel.credentials import Credential
+from daemon.panel.formats import Card
 
 log = logging.getLogger("facegate.gallery")
 
@@ -63,7 +65,8 @@ class Gallery:
             ensure_private_dir(path.parent)
             create_private_file(path)  # before SQLite does, so the file and its -wal/-shm are 0600
         except OSError as error:
-            raise GalleryError(_path_problem(path) or f"{path}: cannot create it: {error.strerror}") from None
+            raise GalleryError(path_problem(path, "gallery", "gallery.db")
+                               or f"{path}: cannot create it: {error.strerror}") from None
         _warn_if_shared(path)
         with _translated(path):
             connection = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None,
@@ -184,6 +187,39 @@ class Gallery:
             if connection.execute("DELETE FROM people WHERE id = ?", (person_id,)).rowcount == 0:
                 raise PersonNotFound(f"{self.path}: no person {person_id}")
         self._erase_traces()
+
+    # --- credentials for the building's panel (daemon/panel) ---------------
+
+    def set_credential(self, person_id: int, credential: Credential) -> None:
+        """Replace a person's card and PIN hash (both None: remove them); a card another person
+        holds is refused, since the panel could not tell the two apart. The caller has checked that
+        the card fits its format (daemon.panel.credentials.checked_card)."""
+        card = credential.card
+        with self._transaction() as connection:
+            _require_person(connection, person_id)
+            if card is not None:
+                holder = connection.execute(
+                    "SELECT p.id, p.name FROM credentials c JOIN people p ON p.id = c.person_id WHERE "
+                    "c.card_format = ? AND c.facility = ? AND c.card_number = ? AND c.person_id != ?",
+                    (card.format, card.facility, card.number, person_id)).fetchone()
+                if holder is not None:
+                    raise GalleryError(f"{self.path}: card {card.format} {card.facility}:{card.number} already "
+                                       f"belongs to #{holder[0]} {holder[1]!r}; remove it there first")
+            connection.execute("DELETE FROM credentials WHERE person_id = ?", (person_id,))
+            if card is not None or credential.pin_hash is not None:
+                connection.execute(
+                    "INSERT INTO credentials (person_id, card_format, facility, card_number, pin_hash, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (person_id, card and card.format, card and card.facility, card and card.number,
+                     credential.pin_hash, _now()))
+
+    def credentials(self) -> dict[int, Credential]:
+        """Every person's credential, by person id (people without one are absent)."""
+        with _translated(self.path):
+            rows = self._connection.execute("SELECT person_id, card_format, facility, card_number, pin_hash "
+                                            "FROM credentials").fetchall()
+        return {row[0]: Credential(None if row[1] is None else Card(row[1], row[2], row[3]), row[4])
+                for row in rows}
 
     # --- mirroring the front desk's gallery ----------------------------------
 
@@ -387,54 +423,19 @@ def _translated(path: Path) -> Iterator[None]:
     try:
         yield
     except sqlite3.Error as error:
-        if type(error) is sqlite3.DatabaseError:  # its subclasses are locks, I/O, constraints, misuse
+        if is_damage(error):
             raise CorruptGallery(f"{path}: not a readable facegate gallery ({error}); restore it "
                                  "from a backup or move it aside to start an empty one") from error
-        if getattr(error, "sqlite_errorcode", 0) & 0xFF in (SQLITE_READONLY, SQLITE_CANTOPEN):
-            raise GalleryError(_path_problem(path) or f"{path}: {error}") from error
+        if is_path_error(error):
+            raise GalleryError(path_problem(path, "gallery", "gallery.db") or f"{path}: {error}") from error
         raise GalleryError(f"{path}: {error}") from error
 
 
-SQLITE_READONLY = 8
-SQLITE_CANTOPEN = 14
-
-
 def _refuse_unusable_path(path: Path) -> None:
-    """Refuse, before anything is created, a path SQLite could not use (see _path_problem)."""
-    problem = _path_problem(path)
+    """Refuse, before anything is created, a path SQLite could not use."""
+    problem = path_problem(path, "gallery", "gallery.db")
     if problem is not None:
         raise GalleryError(problem)
-
-
-def _path_problem(path: Path) -> str | None:
-    """What about the path keeps SQLite from using it read-write, when that is the reason; None otherwise.
-
-    os.access answers for this process's user, root included: a folder mounted read-only is
-    read-only for root too, while root may write into a folder of mode 0555.
-    """
-    folder = path.parent
-    if path.is_dir():
-        return f"{path} is a folder, not a gallery file: name the file, e.g. {path / 'gallery.db'}"
-    if not folder.exists():
-        return None  # Gallery.open creates it; a path that must exist already is refused by its caller
-    if not folder.is_dir():
-        return f"{path}: {folder} is a file, not a folder"
-    user = _user()
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return (f"{path}: the folder {folder} is read-only for {user}, and SQLite keeps the gallery's -wal and "
-                f"-shm files beside it: make the folder writable for {user}, or run as the user that owns it")
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        return f"{path} is read-only for {user}: make it readable and writable for {user} (chmod 600, chown)"
-    return None
-
-
-def _user() -> str:
-    try:
-        import pwd
-
-        return f"user {pwd.getpwuid(os.geteuid()).pw_name}"
-    except (ImportError, KeyError):
-        return f"user id {os.geteuid()}"
 
 
 def _warn_if_shared(path: Path) -> None:
