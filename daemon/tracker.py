@@ -29,6 +29,8 @@ class Track:
     frames: int = 1
     votes: list = field(default_factory=list)  # per frame: a person id, or None for "no confident match"
     live: list = field(default_factory=list)  # per frame of votes: its live score, or None where not computed
+    # per frame, the latest engines.planar_motion.MAX_FRAMES: the face's 5x2 landmarks (the planar-motion cue)
+    landmarks: list = field(default_factory=list)
     decided: bool = False  # a person decision (grant, deny or attack) was made: the track never decides again
     reported_unknown: bool = False
 

@@ -7,7 +7,9 @@ bezel, a photo's edge, moire) is what they judge. Every card of role `liveness` 
 models folder is used; the combined score is, per card's liveness.combine = mean, the mean
 over the nets of each one's probability of its live class (upstream sums the softmaxes and
 takes the arg max; the mean of the live class keeps the sum's order and stays in [0, 1]).
-A face is judged live when its score is at or above the cards' threshold.
+That passive score is then multiplied by the recapture cue's factor (engines/screen_cue.py:
+a face that lost its fine detail to a screen or a print loses score in proportion). A face
+is judged live when its score is at or above the cards' threshold.
 
 The crop geometry is upstream's (src/generate_patches.py, CropImage._get_new_box) with the
 MTCNN box (x1, y1, x2, y2) as upstream's (x, y, width, height) = (x1, y1, x2 - x1, y2 - y1).
@@ -27,6 +29,7 @@ from engines.manifest import MODELS_DIR
 from engines.model_card import ModelCard, cards_of
 from engines.mtcnn import _checked_frame
 from engines.runner import Runner, open_runner
+from engines.screen_cue import screen_factors
 
 PROB_OUTPUT = "prob"  # the card's logical output name: class probabilities
 DEFAULT_MAX_BATCH = 32  # faces per inference call; a frame rarely holds more
@@ -180,17 +183,21 @@ class LivenessChecker:
         return self._nets[0].card.threshold_source
 
     def score(self, rgb: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
-        """One live score in [0, 1] per face (float32, in the order given) for an HxWx3 uint8 RGB frame."""
+        """One live score in [0, 1] per face (float32, in the order given) for an HxWx3 uint8 RGB frame:
+        the nets' passive score times the recapture cue's factor (engines.screen_cue.screen_factors)."""
         frame = _checked_frame(rgb)
+        return (self._passive(frame, faces) * screen_factors(frame, faces)).astype(np.float32)
+
+    def _passive(self, frame: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         if not len(faces):
-            return np.empty(0, np.float32)
+            return np.empty(0, np.float64)
         first, *others = self._nets
         if self._pool is None:
             total = sum(net.live_probability(frame, faces, self.max_batch) for net in self._nets)
         else:
             pending = [self._pool.submit(net.live_probability, frame, faces, self.max_batch) for net in others]
             total = first.live_probability(frame, faces, self.max_batch) + sum(p.result() for p in pending)
-        return np.clip(total / len(self._nets), 0.0, 1.0).astype(np.float32)
+        return np.clip(total / len(self._nets), 0.0, 1.0)
 
     def is_live(self, scores: np.ndarray | float) -> np.ndarray | bool:
         """Whether scores reach the threshold."""

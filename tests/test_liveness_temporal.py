@@ -6,7 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from engines.liveness_temporal import TRACK_STATISTIC, track_is_live, track_live_score
+from types import SimpleNamespace
+
+from daemon.decision import Decider, DecisionConfig
+from daemon.tracker import Track
+from engines.liveness_temporal import TRACK_STATISTIC, judge_track, track_is_live, track_live_score
+from engines.planar_motion import MIN_PAIRS, homography_residual, planar_evidence, similarity_residual
 from tools import evaluate_liveness as tool
 
 # A frontal face's 5 landmarks (left eye, right eye, nose, mouth corners), pixels.
@@ -28,23 +33,65 @@ def test_a_track_without_scores_is_not_live():
     assert track_is_live([0.5, 0.5], 0.5) is True and track_is_live([0.49, 0.6, 0.3], 0.5) is False
 
 
-def affine(points: np.ndarray, matrix: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    return points @ matrix.T + shift
+def homography(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    moved = np.hstack([points, np.ones((len(points), 1))]) @ matrix.T
+    return moved[:, :2] / moved[:, 2:]
 
 
-def test_a_flat_picture_moved_by_affine_maps_is_rigid_and_a_turning_head_is_not():
-    rng = np.random.default_rng(3)
-    picture = [affine(FACE, np.eye(2) + rng.normal(0, 0.15, (2, 2)), rng.normal(0, 30, 2)) for _ in range(8)]
-    assert tool.track_nonrigidity(picture) < 1e-9  # 5 points of a plane, any affine motion
-    head = []
-    for yaw in np.linspace(-0.3, 0.3, 8):  # the nose swings against the eyes and mouth as the head turns
+def picture_track(rng: np.random.Generator, frames: int = 8) -> list[np.ndarray]:
+    """A flat picture's landmarks under strong random perspective, with 0.1 px of detector noise."""
+    track = []
+    for _ in range(frames):
+        matrix = np.eye(3) + np.array([[0.15, 0.1, 0], [0.1, 0.15, 0], [0.002, 0.002, 0]]) * rng.normal(0, 1, (3, 3))
+        track.append(homography(FACE, matrix) + rng.normal(0, 0.1, (5, 2)))
+    return track
+
+
+def head_track(frames: int = 8) -> list[np.ndarray]:
+    """A head turning: the nose swings against the eyes and mouth, the far side foreshortens."""
+    track = []
+    for yaw in np.linspace(-0.3, 0.3, frames):
         moved = FACE.copy()
         moved[2, 0] += 40 * yaw
-        moved[[0, 3], 0] += 6 * max(yaw, 0)  # the far side foreshortens
+        moved[[0, 3], 0] += 6 * max(yaw, 0)
         moved[[1, 4], 0] += 6 * min(yaw, 0)
-        head.append(affine(moved, np.array([[1.1, 0.05], [-0.05, 1.1]]), np.array([5.0, -3.0])))
-    assert tool.track_nonrigidity(head) > 0.05
-    assert tool.affine_residual(FACE, FACE) < 1e-9
+        track.append(moved)
+    return track
+
+
+def test_a_picture_moved_by_homographies_is_flat_a_turning_head_is_not_and_stillness_says_nothing():
+    assert homography_residual(FACE, homography(FACE, np.array([[1, 0.2, 3], [0.1, 0.9, 2], [1e-3, 0, 1]]))) < 1e-6
+    assert similarity_residual(FACE, 2 * FACE + 7) < 1e-9
+    picture = planar_evidence(picture_track(np.random.default_rng(3)))
+    assert picture.flat and picture.pairs >= MIN_PAIRS and picture.ratio < 0.1
+    head = planar_evidence(head_track())
+    assert head.pairs >= MIN_PAIRS and not head.flat and head.ratio > 0.5
+    still = planar_evidence([FACE + np.random.default_rng(i).normal(0, 0.2, (5, 2)) for i in range(8)])
+    assert still.pairs == 0 and still.ratio is None and not still.flat  # no evidence either way
+
+
+def test_the_door_rule_denies_a_flat_track_whatever_its_scores_and_keeps_a_live_one():
+    rng = np.random.default_rng(5)
+    flat = judge_track([0.95] * 8, picture_track(rng), 0.5)
+    assert not flat.live and "flat picture" in flat.reason and flat.score == pytest.approx(0.95)
+    head = judge_track([0.95] * 8, head_track(), 0.5)
+    assert head.live and head.reason is None
+    low = judge_track([0.2, 0.3, 0.9], head_track(3), 0.5)
+    assert not low.live and low.reason == "live score 0.300 below the liveness threshold 0.500"
+    assert not judge_track([], [], 0.5).live
+
+
+def test_the_decider_keeps_a_tracks_landmarks_and_denies_a_flat_one_as_an_attack():
+    match = SimpleNamespace(person_id=7, name="Ada", distance=0.2, runner_up_distance=0.9)
+    decider = Decider(DecisionConfig(threshold=0.5, k=8, n=8), live_threshold=0.5)
+    flat, head = Track(1, np.zeros(4), 0.0, 0.0), Track(2, np.zeros(4), 0.0, 0.0)
+    for points in picture_track(np.random.default_rng(8)):
+        flat_decision = decider.observe(flat, match, 0.97, points)
+    for points in head_track():
+        head_decision = decider.observe(head, match, 0.97, points)
+    assert flat_decision.attack and "flat picture" in flat_decision.attack_reason
+    assert not head_decision.attack and head_decision.attack_reason is None
+    assert len(flat.landmarks) == 8
 
 
 def test_numbered_frames_of_one_recording_form_a_track_and_a_lone_photo_does_not():
@@ -70,4 +117,6 @@ def test_numbered_frames_of_one_recording_form_a_track_and_a_lone_photo_does_not
     assert pooled["single frame"]["live"] == 3 and pooled["single frame"]["bpcer"] == pytest.approx(1 / 3)
     assert pooled["median"]["bpcer"] == 0.0 and pooled["median"]["apcer"] == 0.0  # the median keeps the live track
     assert pooled["min"]["bpcer"] == 1.0
-    assert pooled["landmark non-rigidity"]["apcer"] is None
+    assert pooled["door"]["apcer"] == 0.0 and pooled["door"]["bpcer"] == 0.0  # still landmarks: the scores decide
+    assert pooled["door"]["per_attack"] == {"print": 0.0} and pooled["door"]["apcer_worst_attack"] == 0.0
+    assert pooled["planar motion"]["apcer"] == 1.0  # no movement: the planar cue alone accepts everything

@@ -8,7 +8,9 @@ manifest's folder). Each image is judged as the door judges a frame: MTCNN's fac
 largest one scored. A video (a path ending .mp4, .avi, .mov, .mkv, .webm, .m4v) is one
 track, scored as the door would: every frame's largest face is scored and the track's
 score is the median of its frames' scores (the door decides a track on many frames; the
-median ignores a few odd ones either way).
+median ignores a few odd ones either way). A score is the liveness nets' passive score times
+the recapture cue's factor (engines/screen_cue.py), as the door scores a face; the figures
+without the cue are reported beside (JSON key 'screen_cue').
 
 A presentation is judged live when its score is at or above the threshold (default: the
 liveness cards' threshold). Reported:
@@ -21,15 +23,20 @@ liveness cards' threshold). Reported:
   presentations where no face was found (left out of the rates, listed), and the threshold
   for --target-apcer. --det writes the DET curve (BPCER against log APCER) as a PNG.
   Candidate thresholds: the figures (pooled, per attack type, per source) at the cards'
-  threshold, at those for APCER 1% and 5%, and at each --at value.
+  threshold, at those for APCER 1% and 5%, and at each --at value. The trade-off table
+  (JSON key 'tradeoff'): per-frame APCER, worst attack type's APCER and BPCER at thresholds
+  0.1 to 0.9 and the cards', and with --sequences the door's track figures at each.
 
 --select REGEX measures only the rows whose path matches (the door-like full frames of the
 development set: 'imironica|Silent-Face|^videos/'). --sequences adds temporal evidence:
 every video, and every group of images numbered as frames of one recording (same name up
 to a trailing frame number, same label, attack and source), is a track, judged by each
 track statistic of its frames' scores (median, mean, quantiles 0.25 and 0.10, min) beside
-every frame judged alone, and by landmark non-rigidity (how far the 5 landmarks are from
-one affine map between frames: a flat picture's are not), pooled and per source.
+every frame judged alone, by the planar-motion cue alone (engines/planar_motion.py: live
+unless the landmarks moved as one plane), and as the door judges it (row 'door':
+engines.liveness_temporal.judge_track over the track's frames, the median score at the
+threshold and the planar-motion cue), pooled and per source, with the worst attack type's
+track APCER.
 
 examples:
   python tools/evaluate_liveness.py ../shared/data/sets/spoof_dev/MANIFEST.tsv
@@ -62,7 +69,9 @@ from engines.errors import ImageError  # noqa: E402
 from engines.face import Face  # noqa: E402
 from engines.images import load_image  # noqa: E402
 from engines.liveness import LivenessChecker  # noqa: E402
-from engines.liveness_temporal import track_live_score  # noqa: E402
+from engines.liveness_temporal import judge_track, track_live_score  # noqa: E402
+from engines.planar_motion import planar_evidence  # noqa: E402
+from engines.screen_cue import screen_factors  # noqa: E402
 from engines.manifest import MODELS_DIR  # noqa: E402
 from engines.mtcnn import DetectorConfig, MtcnnDetector  # noqa: E402
 from tools.evaluate import write_curve_png  # noqa: E402
@@ -71,6 +80,7 @@ LABELS = ("live", "spoof")
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 VIDEO_STATISTIC = "median of the frames' scores (each frame's largest face)"
 APCER_POINTS = (0.01, 0.05)
+TRADEOFF_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 
 
 class UsageError(Exception):
@@ -88,10 +98,12 @@ class Item:
     frames: int | None = None  # videos: frames read
     frames_scored: int | None = None  # videos: frames with a face
     error: str | None = None
+    screen_factor: float | None = None  # images: the recapture cue's factor in the score (1: no effect)
     box: list[float] | None = None  # images: the scored face's (x1, y1, x2, y2)
     landmarks: list[list[float]] | None = None  # images: its 5 landmarks
     frame_scores: list[float] | None = None  # videos: each scored frame's score, in frame order
     frame_landmarks: list[list[list[float]]] | None = None  # videos: each scored frame's 5 landmarks
+    frame_screen_factors: list[float] | None = None  # videos: each scored frame's recapture factor
 
 
 def read_manifest(path: Path, root: Path | None) -> tuple[list[dict[str, str]], Path]:
@@ -131,15 +143,18 @@ class Scorer:
     def __init__(self, detector: MtcnnDetector, checker: LivenessChecker) -> None:
         self.detector, self.checker = detector, checker
 
-    def frame(self, rgb: np.ndarray) -> tuple[float, Face] | None:
+    def frame(self, rgb: np.ndarray) -> tuple[float, Face, float] | None:
+        """(live score, the face, the recapture cue's factor in that score) of the largest face."""
         faces = self.detector.detect(rgb)
         largest = ev.select_face(faces, rgb.shape, "largest")
-        return None if largest is None else (float(self.checker.score(rgb, [largest])[0]), largest)
+        if largest is None:
+            return None
+        return float(self.checker.score(rgb, [largest])[0]), largest, float(screen_factors(rgb, [largest])[0])
 
     def image(self, path: Path, item: Item) -> None:
         scored = self.frame(load_image(path))
         if scored is not None:
-            item.score = scored[0]
+            item.score, item.screen_factor = scored[0], round(scored[2], 6)
             item.box = [round(float(v), 2) for v in scored[1].box[:4]]
             item.landmarks = np.round(scored[1].landmarks.astype(np.float64), 2).tolist()
 
@@ -147,7 +162,7 @@ class Scorer:
         capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
             raise ImageError(f"{path}: not a readable video")
-        scores, landmarks, frames = [], [], 0
+        scores, landmarks, factors, frames = [], [], [], 0
         try:
             while True:
                 ok, bgr = capture.read()
@@ -158,12 +173,14 @@ class Scorer:
                     scored = self.frame(np.ascontiguousarray(bgr[..., ::-1]))
                     if scored is not None:
                         scores.append(scored[0])
+                        factors.append(round(scored[2], 6))
                         landmarks.append(np.round(scored[1].landmarks.astype(np.float64), 2).tolist())
         finally:
             capture.release()
         item.frames, item.frames_scored = frames, len(scores)
         item.score = track_live_score(scores) if scores else None
         item.frame_scores, item.frame_landmarks = [round(v, 6) for v in scores], landmarks
+        item.frame_screen_factors = factors
 
 
 def score_all(rows: list[dict[str, str]], root: Path, scorer: Scorer, stride: int,
@@ -270,8 +287,49 @@ def evaluate(items: list[Item], threshold: float, target_apcer: float) -> tuple[
     report["no_face"] = [i.path for i in items if i.score is None and i.error is None]
     report["errors"] = [f"{i.path}: {i.error}" for i in items if i.error is not None]
     report["video_statistic"] = VIDEO_STATISTIC
+    report["screen_cue"] = screen_cue_report(items, threshold)
+    report["tradeoff"] = tradeoff_report(items, sorted({*TRADEOFF_THRESHOLDS, threshold}))
     report["items"] = [asdict(i) for i in items]
     return report, curve
+
+
+def passive_score(item: Item) -> float | None:
+    """The item's score without the recapture cue: the nets' alone (a video's: the median of its frames')."""
+    if item.kind == "video":
+        if not item.frame_scores:
+            return None
+        return track_live_score(s / f for s, f in zip(item.frame_scores, item.frame_screen_factors) if f > 0)
+    if item.score is None or not item.screen_factor:
+        return None
+    return item.score / item.screen_factor
+
+
+def screen_cue_report(items: list[Item], threshold: float) -> dict:
+    """APCER per attack type and BPCER at the threshold with the recapture cue (the door's score) and without."""
+    without = [Item(i.path, i.label, i.attack, i.source, i.kind, passive_score(i)) for i in items]
+    out = {}
+    for name, group in (("with", items), ("without", without)):
+        report = group_report(group, threshold)
+        by_attack: dict[str, list[Item]] = defaultdict(list)
+        for item in group:
+            if item.label == "spoof":
+                by_attack[item.attack].append(item)
+        out[name] = {"apcer": report["apcer"], "bpcer": report["bpcer"], "auc": report["auc"],
+                     "per_attack": {a: group_report(g, threshold)["apcer"] for a, g in sorted(by_attack.items())}}
+    return out
+
+
+def tradeoff_report(items: list[Item], thresholds: list[float]) -> list[dict]:
+    """Per-frame APCER (pooled and the worst attack type's) and BPCER at each threshold."""
+    attacks = sorted({i.attack for i in items if i.label == "spoof"})
+    rows = []
+    for threshold in thresholds:
+        pooled = group_report(items, threshold)
+        worst = [group_report([i for i in items if i.attack == a], threshold)["apcer"] for a in attacks]
+        worst = [w for w in worst if w is not None]
+        rows.append({"threshold": threshold, "apcer": pooled["apcer"], "apcer_worst_attack": max(worst) if worst else None,
+                     "bpcer": pooled["bpcer"]})
+    return rows
 
 
 # --- tracks: temporal evidence (--sequences) -------------------------------------------------------------
@@ -330,24 +388,6 @@ def build_tracks(items: list[Item]) -> list[Track]:
     return tracks
 
 
-def affine_residual(reference: np.ndarray, landmarks: np.ndarray) -> float:
-    """How far 5 landmarks are from an affine image of the reference's: the RMS residual of the least-squares
-    affine map, over the eye distance. A flat picture moved in front of the camera (far from it) keeps it near
-    the detector's noise; a turning head moves its nose against the eye and mouth corners."""
-    design = np.hstack([reference, np.ones((len(reference), 1))])
-    solution, *_ = np.linalg.lstsq(design, landmarks, rcond=None)
-    residual = landmarks - design @ solution
-    eye_distance = max(float(np.linalg.norm(landmarks[1] - landmarks[0])), 1e-6)
-    return float(np.sqrt(np.mean(np.sum(residual ** 2, axis=1)))) / eye_distance
-
-
-def track_nonrigidity(landmarks: list[np.ndarray]) -> float:
-    """Median over the track's frame pairs of affine_residual: 0 for a rigid flat picture, higher for a head."""
-    values = [affine_residual(landmarks[i], landmarks[j])
-              for i in range(len(landmarks)) for j in range(i + 1, len(landmarks))]
-    return float(np.median(values)) if values else 0.0
-
-
 def _rates_row(live: list[float], spoof: list[float], threshold: float | None) -> dict:
     live_a, spoof_a = np.asarray(live, np.float64), np.asarray(spoof, np.float64)
     apcer, bpcer = rates(live_a, spoof_a, threshold) if threshold is not None else (None, None)
@@ -355,18 +395,34 @@ def _rates_row(live: list[float], spoof: list[float], threshold: float | None) -
             "auc": roc_auc(live_a, spoof_a) if len(live) and len(spoof) else None}
 
 
+def _verdict_row(subset: list[Track], live_of: Callable[[Track], bool]) -> dict:
+    """APCER/BPCER of a yes/no track rule, with its APCER per attack type and the worst one."""
+    def share(tracks: list[Track], accepted: bool) -> float | None:
+        return float(np.mean([live_of(t) == accepted for t in tracks])) if tracks else None
+
+    live = [t for t in subset if t.label == "live"]
+    spoof = [t for t in subset if t.label == "spoof"]
+    per_attack = {a: share([t for t in spoof if t.attack == a], True) for a in sorted({t.attack for t in spoof})}
+    return {"live": len(live), "spoof": len(spoof), "apcer": share(spoof, True), "bpcer": share(live, False),
+            "auc": None, "per_attack": per_attack, "apcer_worst_attack": max(per_attack.values(), default=None)}
+
+
+def door_verdict(track: Track, threshold: float):
+    """The door's liveness rule on a whole track (engines.liveness_temporal.judge_track)."""
+    return judge_track(track.scores, track.landmarks, threshold)
+
+
 def sequences_report(tracks: list[Track], threshold: float) -> dict:
-    """Per-track figures of each statistic (and of every single frame of the tracks), pooled and per source."""
+    """Per-track figures of each statistic (and of every single frame of the tracks), of the planar-motion
+    cue alone and of the door's rule (all cues at the threshold), pooled and per source."""
     def block(subset: list[Track]) -> dict:
         out = {"single frame": _rates_row([s for t in subset if t.label == "live" for s in t.scores],
                                           [s for t in subset if t.label == "spoof" for s in t.scores], threshold)}
         for name, statistic in TRACK_STATISTICS.items():
             out[name] = _rates_row([statistic(np.asarray(t.scores)) for t in subset if t.label == "live"],
                                    [statistic(np.asarray(t.scores)) for t in subset if t.label == "spoof"], threshold)
-        # Landmark non-rigidity is its own score (live higher): AUC only, no threshold of its own yet.
-        out["landmark non-rigidity"] = _rates_row(
-            [track_nonrigidity(t.landmarks) for t in subset if t.label == "live"],
-            [track_nonrigidity(t.landmarks) for t in subset if t.label == "spoof"], None)
+        out["planar motion"] = _verdict_row(subset, lambda t: not planar_evidence(t.landmarks).flat)
+        out["door"] = _verdict_row(subset, lambda t: door_verdict(t, threshold).live)
         return out
 
     by_source: dict[str, list[Track]] = defaultdict(list)
@@ -377,12 +433,25 @@ def sequences_report(tracks: list[Track], threshold: float) -> dict:
             "per_track": [{"name": t.name, "label": t.label, "attack": t.attack, "source": t.source,
                            "frames": len(t.scores), "single_frame_min": min(t.scores), "single_frame_max": max(t.scores),
                            **{name: statistic(np.asarray(t.scores)) for name, statistic in TRACK_STATISTICS.items()},
-                           "landmark_nonrigidity": track_nonrigidity(t.landmarks)} for t in tracks]}
+                           "planar_pairs": planar_evidence(t.landmarks).pairs,
+                           "planar_ratio": planar_evidence(t.landmarks).ratio,
+                           "door_live": door_verdict(t, threshold).live,
+                           "door_reason": door_verdict(t, threshold).reason} for t in tracks]}
+
+
+def sequences_tradeoff(tracks: list[Track], thresholds: list[float]) -> list[dict]:
+    """The door's track APCER (pooled and the worst attack type's) and BPCER at each threshold."""
+    rows = []
+    for threshold in thresholds:
+        row = _verdict_row(tracks, lambda t: door_verdict(t, threshold).live)
+        rows.append({"threshold": threshold, "apcer": row["apcer"], "apcer_worst_attack": row["apcer_worst_attack"],
+                     "bpcer": row["bpcer"]})
+    return rows
 
 
 def print_sequences(report: dict) -> None:
     print(f"\ntracks (--sequences): {report['tracks']} (videos, and numbered images of one recording), "
-          f"threshold {report['threshold']:.4f}; landmark non-rigidity: AUC only")
+          f"threshold {report['threshold']:.4f}; 'door': the door's rule, all cues")
     for title, block in [("pooled", report["pooled"])] + list(report["per_source"].items()):
         print(f"  {title}:")
         print(f"    {'statistic':24} {'live':>5} {'attack':>6} {'APCER':>7} {'BPCER':>7} {'AUC':>7}")
@@ -455,6 +524,18 @@ def print_report(report: dict) -> None:
             auc = "-" if g["auc"] is None else f"{g['auc']:.3f}"
             print(f"  {name[:40]:40} {g['live_scored']:5d} {g['spoof_scored']:6d} {g['no_face']:7d} "
                   f"{_percent(g['apcer']):>7} {_percent(g['bpcer']):>7} {auc:>7}")
+    cue = report["screen_cue"]
+    print("\nthe recapture cue (engines/screen_cue.py) at the threshold: APCER per attack type, BPCER")
+    for name in ("without", "with"):
+        attacks = ", ".join(f"{a} {_percent(v)}" for a, v in cue[name]["per_attack"].items())
+        print(f"  {name:8} APCER {_percent(cue[name]['apcer'])}, BPCER {_percent(cue[name]['bpcer'])}; {attacks}")
+    print("\ntrade-off (per frame; per track: the door's rule, with --sequences):")
+    print(f"  {'threshold':>9} {'APCER':>7} {'worst':>7} {'BPCER':>7} | {'tr APCER':>8} {'tr worst':>8} {'tr BPCER':>8}")
+    for row in report["tradeoff"]:
+        tracks = row.get("tracks") or {}
+        print(f"  {row['threshold']:9.4f} {_percent(row['apcer']):>7} {_percent(row['apcer_worst_attack']):>7} "
+              f"{_percent(row['bpcer']):>7} | {_percent(tracks.get('apcer')):>8} "
+              f"{_percent(tracks.get('apcer_worst_attack')):>8} {_percent(tracks.get('bpcer')):>8}")
     if report["no_face"]:
         print(f"\nno face found ({len(report['no_face'])}):")
         for path in report["no_face"]:
@@ -519,7 +600,12 @@ def main(argv: list[str] | None = None) -> int:
         named.update({f"--at {t:g}": t for t in args.at})
         report["candidates"] = candidates_report(items, named)
     if args.sequences:
-        report["sequences"] = sequences_report(build_tracks(items), threshold)
+        tracks = build_tracks(items)
+        report["sequences"] = sequences_report(tracks, threshold)
+        by_threshold = {row["threshold"]: row for row in sequences_tradeoff(tracks, [r["threshold"] for r in
+                                                                                    report["tradeoff"]])}
+        for row in report["tradeoff"]:
+            row["tracks"] = by_threshold[row["threshold"]]
     if curve is not None and args.det:
         write_det_png(curve, args.det, f"{args.manifest.parent.name}: AUC {report['auc']:.4f}")
         report["det_png"] = str(args.det)
