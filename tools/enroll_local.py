@@ -30,6 +30,7 @@ examples:
   enroll_local.py add "Bob Stone" --camera rtsp://10.0.0.7/live --shots 5 --keep-photo
   enroll_local.py add-folder /media/usb/staff                   # staff/<person name>/<photos>
   enroll_local.py add-template E1001 --photo alice3.jpg
+  enroll_local.py credential E1001 --card-number 31337 --facility 42 --card-format H10301 --pin
   enroll_local.py list --json
   enroll_local.py show "Alice Martin"
   enroll_local.py set-validity E1001 --from 2026-01-01 --until none
@@ -74,6 +75,8 @@ from daemon.enrolment import (CameraError, Enroller, EnrolmentError, PersonDetai
                               refuse_taken_name)
 from daemon.fleet.settings import MqttSettings, make_client, parse_mqtt  # noqa: E402
 from daemon.gallery import KINDS, Gallery, GalleryError, GalleryIndex, Person, listed  # noqa: E402
+from daemon.panel.credentials import Credential, checked_card, hash_pin  # noqa: E402
+from daemon.panel.formats import Card  # noqa: E402
 from daemon.settings import ConfigError  # noqa: E402
 from daemon.sources import FrameSource, SourceConfigError, SourceError, make_source  # noqa: E402
 from engines.manifest import MODELS_DIR  # noqa: E402
@@ -162,6 +165,7 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--shots", type=positive, help="camera: templates to keep, the best by quality (default 3)")
     add.add_argument("--duration", type=seconds, help="camera: seconds to look for good frames (default 20)")
     add.add_argument("--external-id", help="an id from another system (badge, HR number); unique")
+    _card_options(add)
     add.add_argument("--note", help="free text kept with the person")
     add.add_argument("--valid-from", type=date_text, metavar="DATE", help="access starts (the policy decides)")
     add.add_argument("--valid-until", type=date_text, metavar="DATE", help="access ends (the policy decides)")
@@ -181,6 +185,13 @@ def parser() -> argparse.ArgumentParser:
     _photo_options(folder)
     folder.add_argument("--force", action="store_true", help="enrol faces that match someone enrolled")
     folder.add_argument("--json", action="store_true", help="print the outcome per person as JSON")
+
+    credential = command("credential", cmd_credential, "set or clear a person's card and PIN for the building's "
+                         "access panel (output modes wiegand and osdp, card + face)")
+    credential.add_argument("person", metavar="PERSON")
+    _card_options(credential)
+    credential.add_argument("--clear", action="store_true", help="remove the person's card and PIN")
+    credential.add_argument("--no-pin", action="store_true", help="remove the PIN, keep the card")
 
     listing = command("list", cmd_list, "list the enrolled people")
     listing.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
@@ -252,6 +263,16 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _card_options(sub: argparse.ArgumentParser) -> None:
+    # --card already names the embedder's model card (a common option): the badge is --card-number.
+    sub.add_argument("--card-number", type=int, metavar="N", help="the person's access card number")
+    sub.add_argument("--facility", type=int, metavar="F", help="the card's facility (site) code")
+    sub.add_argument("--card-format", default="H10301", metavar="FORMAT",
+                     help="the card's Wiegand format: H10301 (26, default), H10306 (34), C1000-35 (35), H10304 (37)")
+    sub.add_argument("--pin", action="store_true", help="ask for a PIN (4-12 digits; read from stdin when not on a "
+                                                        "terminal), kept hashed")
+
+
 def _photo_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--largest", action="store_true", help="take the largest face of a photo with several")
     sub.add_argument("--keep-photo", action="store_true",
@@ -265,15 +286,82 @@ def cmd_add(args: argparse.Namespace) -> int:
     if args.photo and (args.shots or args.duration):
         raise UsageError("--shots and --duration go with --camera, not --photo")
     details = PersonDetails(args.external_id, args.note, args.valid_from, args.valid_until)
-    if not args.force and Path(args.db).exists():
+    credential = credential_of(args)  # bad numbers refused before anything is asked or loaded
+    if Path(args.db).exists():
         with open_gallery(args.db) as gallery:
-            refuse_taken_name(gallery, args.name)  # a quick answer, before the models load
+            if not args.force:
+                refuse_taken_name(gallery, args.name)  # a quick answer, before the models load
+            refuse_taken_card(gallery, credential)
     with Enroller.from_models(args.models, card=configured_card(args)) as enroller:
         shots = photo_shots(enroller, args) if args.photo else camera_shots(enroller, args)
         with open_gallery(args.db, create=True) as gallery:  # only now: a refused add leaves no empty gallery
             person_id = enrol(gallery, enroller.card, args.name, shots, details, force=args.force)
+            if credential is not None:
+                try:
+                    gallery.set_credential(person_id, credential)
+                except GalleryError:  # the card was given to someone else meanwhile: all or nothing
+                    gallery.remove_person(person_id)
+                    raise
     print(f"enrolled {args.name!r} as #{person_id} with {len(shots)} template(s) of each model "
-          f"({', '.join(card.id for card in enroller.cards)})")
+          f"({', '.join(card.id for card in enroller.cards)}){credential_text(credential)}")
+    return 0
+
+
+def credential_of(args: argparse.Namespace) -> Credential | None:
+    """The card and PIN the options give; None when they give neither."""
+    if (args.card_number is None) != (args.facility is None):
+        raise UsageError("--card-number and --facility go together")
+    card = None if args.card_number is None else checked_card(args.card_format, args.facility, args.card_number)
+    pin = hash_pin(read_pin()) if args.pin else None
+    return None if card is None and pin is None else Credential(card, pin)
+
+
+def read_pin() -> str:
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("PIN: ")
+    return sys.stdin.readline().strip()
+
+
+def refuse_taken_card(gallery: Gallery, credential: Credential | None) -> None:
+    """A quick answer before the models load; Gallery.set_credential checks again when it writes."""
+    if credential is None or credential.card is None:
+        return
+    for holder, held in gallery.credentials().items():
+        if held.card == credential.card:
+            person = gallery.get_person(holder)
+            raise GalleryError(f"card {card_text(credential.card)} already belongs to #{person.id} {person.name!r}")
+
+
+def card_text(card: Card | None) -> str:
+    return "" if card is None else f"{card.format} {card.facility}:{card.number}"
+
+
+def credential_text(credential: Credential | None) -> str:
+    if credential is None:
+        return ""
+    parts = ([f"card {card_text(credential.card)}"] if credential.card else []) + (["a PIN"] if credential.pin_hash
+                                                                                   else [])
+    return ", with " + " and ".join(parts)
+
+
+def cmd_credential(args: argparse.Namespace) -> int:
+    if args.clear and (args.card_number is not None or args.pin or args.no_pin):
+        raise UsageError("--clear takes no card, --pin or --no-pin")
+    given = credential_of(args)
+    with open_gallery(args.db) as gallery:
+        person = find_person(gallery, args.person)
+        held = gallery.credentials().get(person.id, Credential(None, None))
+        if args.clear:
+            fresh = Credential(None, None)
+        elif given is None and not args.no_pin:
+            raise UsageError("give --card-number and --facility, --pin, --no-pin or --clear")
+        else:
+            fresh = Credential(given.card if given and given.card else held.card,
+                               None if args.no_pin else given.pin_hash if given and given.pin_hash else held.pin_hash)
+        gallery.set_credential(person.id, fresh)  # refuses a card someone else holds
+    print(f"{person.name!r} (#{person.id}): " + (credential_text(fresh).removeprefix(", with ") or "no card, no PIN"))
     return 0
 
 
@@ -341,12 +429,17 @@ def cmd_add_folder(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     with open_gallery(args.db) as gallery:
         people = gallery.list_people()
+        credentials = gallery.credentials()
+    nothing = Credential(None, None)
     if args.json:
-        print(json.dumps([asdict(p) for p in people], indent=1, ensure_ascii=False))
+        print(json.dumps([{**asdict(p), "card": asdict(credentials.get(p.id, nothing)).get("card"),
+                           "pin": credentials.get(p.id, nothing).pin_hash is not None} for p in people],
+                         indent=1, ensure_ascii=False))
         return 0
-    print(table(("id", "name", "external id", "active", "valid from", "valid until", "templates"),
+    print(table(("id", "name", "external id", "active", "valid from", "valid until", "templates", "card", "pin"),
                 [(f"#{p.id}", p.name, p.external_id or "", "yes" if p.active else "no", p.valid_from or "",
-                  p.valid_until or "", str(p.template_count)) for p in people]))
+                  p.valid_until or "", str(p.template_count), card_text(credentials.get(p.id, nothing).card),
+                  "yes" if credentials.get(p.id, nothing).pin_hash else "") for p in people]))
     print(f"{len(people)} people", file=sys.stderr)
     return 0
 

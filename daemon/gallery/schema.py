@@ -59,6 +59,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             applied_at TEXT NOT NULL
         )""",
     ),
+    (
+        # A person's card and PIN for the building's panel (daemon/panel): one card per person, and
+        # no card held by two people (the panel could not tell them apart). The PIN only as a hash.
+        """CREATE TABLE credentials (
+            person_id INTEGER PRIMARY KEY REFERENCES people (id) ON DELETE CASCADE,
+            card_format TEXT CHECK (card_format IS NULL OR length(card_format) > 0),
+            facility INTEGER CHECK (facility >= 0),
+            card_number INTEGER CHECK (card_number >= 0),
+            pin_hash TEXT,
+            updated_at TEXT NOT NULL,
+            CHECK ((card_format IS NULL) = (card_number IS NULL) AND (card_format IS NULL) = (facility IS NULL)),
+            UNIQUE (card_format, facility, card_number)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
