@@ -16,7 +16,8 @@ GET /metrics (Prometheus text format):
 A value read at scrape time whose reader fails or has nothing to report is left out of that scrape.
 
 GET /healthz: 200 {"status": "ok", ...} while frames flow, 503 {"status": "stalled", ...} when none came
-within stall_seconds (or none came yet).
+within stall_seconds (or none came yet); its reason names the camera's fault where the source knows one
+("camera opencv v4l2 /dev/video0 cannot be opened: /dev/video0 does not exist").
 
 Prometheus scrape_config:
   - job_name: facegate
@@ -143,8 +144,10 @@ class DoorMetrics:
                  camera_reconnects: Reading | None = None, gallery_people: Reading | None = None,
                  gallery_version: Reading | None = None, mqtt_connected: Reading | None = None,
                  mqtt_backlog: Reading | None = None, event_write_failures: Reading | None = None,
-                 events_dropped: Reading | None = None) -> None:
+                 events_dropped: Reading | None = None,
+                 camera_fault: Callable[[], str | None] | None = None) -> None:
         self.registry = CollectorRegistry()
+        self._camera_fault = camera_fault  # why the camera gives no frames (the source's fault), for /healthz
         self._clock = clock
         self._fps_window = fps_window
         self._arrivals: deque[float] = deque()
@@ -246,10 +249,17 @@ class DoorMetrics:
         body: dict[str, Any] = {"status": "ok", "last_frame_age_s": None if age is None else round(age, 3),
                                 "stall_seconds": stall_seconds}
         if age is None:
-            body.update(status="stalled", reason="no frame processed yet")
+            body.update(status="stalled", reason=self._read_camera_fault() or "no frame processed yet")
         elif age > stall_seconds:
-            body.update(status="stalled", reason=f"no frame processed for {age:.1f} s")
+            body.update(status="stalled", reason=self._read_camera_fault() or f"no frame processed for {age:.1f} s")
         return body
+
+    def _read_camera_fault(self) -> str | None:
+        try:
+            return None if self._camera_fault is None else self._camera_fault()
+        except Exception:  # the reason is a courtesy: /healthz still answers without it
+            log.debug("metrics: reading the camera fault failed", exc_info=True)
+            return None
 
     def _fps(self) -> float:
         now = self._clock()

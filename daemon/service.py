@@ -126,6 +126,7 @@ class DoorService:
             self._closers.append(self.source.stop)
             self.gallery_version = self.gallery.synced_bundle()
             self.metrics = DoorMetrics(camera_reconnects=lambda: self.source.stats.reopens,
+                                       camera_fault=lambda: self.source.fault,
                                        gallery_people=lambda: self.gallery.index.people,
                                        gallery_version=lambda: self.gallery_version.version if self.gallery_version else 0,
                                        event_write_failures=lambda: self.events.write_errors,
@@ -142,6 +143,7 @@ class DoorService:
         self._next_status = 0.0
         self._last_watchdog = 0.0
         self._frames_since_watchdog = 0
+        self._not_ready_reason: str | None = None  # the camera fault last sent as STATUS before the first frame
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -152,14 +154,13 @@ class DoorService:
             self.source.start()
             self.events.record("start", door=self.door.config.name, reason=self.source.describe())
             self._start_reporting()
-            self.notifier.ready(self._status())
-            log.info("facegate ready: door %s, camera %s, %d people in the gallery",
-                     self.door.config.name, self.source.describe(), self.gallery.index.people)
             _log_liveness(self.config)
             guard.start()
+            ready = False
             while not self._stop.is_set():
                 if not self.step():
                     break
+                ready = ready or self._ready_after_first_frame()
             return 0
         except Exception as error:
             log.exception("unhandled error, releasing the door and exiting")
@@ -173,6 +174,22 @@ class DoorService:
             self._record_door_events()
             self.events.record("stop", door=self.door.config.name)
             self.close()
+
+    def _ready_after_first_frame(self) -> bool:
+        """READY=1 and "facegate ready" once a frame has gone through the pipeline, not before: a door whose
+        camera cannot be opened is not ready, and the source's ERROR lines, STATUS and /healthz say why.
+        The watchdog is not fed before either (_feed_watchdog needs processed frames): systemd arms it only
+        at READY=1, and bounds the wait before it with TimeoutStartSec (then stops us, relay released)."""
+        if not self.stats.frames:
+            fault = self.source.fault
+            if fault is not None and fault != self._not_ready_reason:
+                self._not_ready_reason = fault
+                self.notifier.status(f"not ready: {fault}")
+            return False
+        self.notifier.ready(self._status())
+        log.info("facegate ready: door %s, camera %s, %d people in the gallery",
+                 self.door.config.name, self.source.describe(), self.gallery.index.people)
+        return True
 
     def stop(self) -> None:
         self._stop.set()

@@ -280,7 +280,7 @@ def test_the_watchdog_is_fed_only_while_frames_flow(tmp_path, short_clip, monkey
     assert any(m.startswith("READY=1") for m in sent) and any("STOPPING=1" in m for m in sent)
     assert sum(m == "WATCHDOG=1" for m in sent) >= 2
 
-    # A camera that never delivers a frame: the service runs, but the watchdog starves.
+    # A camera that never delivers a frame: the service runs, but is never ready and never feeds the watchdog.
     raw = demo_config(tmp_path / "b", fast=True)
     raw["camera"] = {"type": "opencv", "device": "/dev/video-missing-for-test"}
     starved = config_module.parse(raw)
@@ -288,8 +288,10 @@ def test_the_watchdog_is_fed_only_while_frames_flow(tmp_path, short_clip, monkey
     threading.Timer(1.5, service.stop).start()
     assert service.run() == 0
     sent = listener.messages()
-    assert any(m.startswith("READY=1") for m in sent)
+    assert not any(m.startswith("READY=1") for m in sent), "READY=1 before the first frame"
     assert "WATCHDOG=1" not in sent
+    assert ("STATUS=not ready: camera opencv v4l2 /dev/video-missing-for-test cannot be opened: "
+            "/dev/video-missing-for-test does not exist (unplugged, or another video node?)") in sent
 
 
 def test_check_config_names_the_bad_key(tmp_path):

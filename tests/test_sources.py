@@ -241,28 +241,35 @@ def test_a_vanished_device_path_is_closed_and_reopened_when_it_returns(tmp_path,
     with caplog.at_level(logging.INFO, logger="facegate.sources"):
         with OpenCVSource(str(node), capture_factory=factory, backoff=FAST_BACKOFF) as source:
             assert source.read(timeout=5.0) is not None
+            assert source.fault is None
             node.unlink()
             assert wait_for(lambda: "has vanished" in caplog.text)
-            assert wait_for(lambda: "cannot open" in caplog.text)
+            missing = f"camera opencv v4l2 {node} cannot be opened: {node} does not exist"
+            assert wait_for(lambda: source.fault is not None and source.fault.startswith(missing))
+            assert any(r.levelno == logging.ERROR and r.getMessage().startswith(missing) for r in caplog.records)
             source.read(timeout=0)  # a frame grabbed just before the loss
             assert source.read(timeout=0.2) is None
             node.touch()
             assert source.read(timeout=5.0) is not None
             assert source.stats.reopens == 1
+            assert source.fault is None, "a good frame clears the fault"
     assert opened[0].released
 
 
 def test_a_camera_that_never_opens_gives_no_frames_and_stops_promptly(caplog):
     source = OpenCVSource("rtsp://nowhere/stream", capture_factory=lambda target, api: ClosedCapture(),
                           backoff=(5.0, 30.0))
+    assert source.fault is None, "no fault before the first try"
     with caplog.at_level(logging.WARNING, logger="facegate.sources"):
         source.start()
         assert source.read(timeout=0.2) is None
-        assert wait_for(lambda: "cannot open" in caplog.text)
+        assert wait_for(lambda: source.fault is not None)
         began = time.monotonic()
         source.stop()
     assert time.monotonic() - began < 2.0, "stop() waited out the backoff instead of waking it"
-    assert "cannot open (the device did not open); retrying in 5.0 s" in caplog.text
+    assert source.fault == "camera opencv url rtsp://nowhere/stream cannot be opened: the device did not open"
+    [line] = [r for r in caplog.records if "cannot be opened" in r.getMessage()]
+    assert line.levelno == logging.ERROR and line.getMessage() == f"{source.fault}; retrying in 5.0 s"
 
 
 def test_read_before_start_is_an_error():
@@ -274,10 +281,12 @@ def test_read_before_start_is_an_error():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="V4L2 is Linux only")
-def test_v4l2_asks_for_one_buffer_the_size_and_the_rate():
+def test_v4l2_asks_for_one_buffer_the_size_and_the_rate(tmp_path):
     cameras: list[FakeCamera] = []
     factory = lambda target, api: cameras.append(FakeCamera()) or cameras[-1]  # noqa: E731
-    with OpenCVSource(2, size=(1280, 720), fps=15, capture_factory=factory):
+    node = tmp_path / "video2"
+    node.touch()  # the source looks for the device node before it asks OpenCV
+    with OpenCVSource(str(node), size=(1280, 720), fps=15, capture_factory=factory):
         assert wait_for(lambda: cameras)
     assert {cv2.CAP_PROP_BUFFERSIZE: 1, cv2.CAP_PROP_FRAME_WIDTH: 1280, cv2.CAP_PROP_FRAME_HEIGHT: 720,
             cv2.CAP_PROP_FPS: 15}.items() <= cameras[0].settings.items()

@@ -138,6 +138,7 @@ class FrameSource(ABC):
         self._is_open = False
         self._ever_opened = False
         self._device_rotation = 0
+        self._fault: str | None = None  # why no frames come now (see fault)
         self._grabbed = self._dropped = self._corrupt = self._reopens = 0
         self._warn_corrupt = _ThrottledWarning(CORRUPT_LOG_INTERVAL)
 
@@ -215,6 +216,13 @@ class FrameSource(ABC):
             return self._ended and self._latest is None
 
     @property
+    def fault(self) -> str | None:
+        """Why the source delivers no frames now ('camera ... cannot be opened: ...', '... lost: ...'), for
+        /healthz and systemd's STATUS; None before the first attempt and again from the next good frame."""
+        with self._cond:
+            return self._fault
+
+    @property
     def stats(self) -> SourceStats:
         with self._cond:
             return SourceStats(self._grabbed, self._dropped, self._corrupt, self._reopens)
@@ -255,12 +263,16 @@ class FrameSource(ABC):
             return True
         except Exception as error:
             delay = backoff.next()
-            log.warning("%s: cannot open (%s); retrying in %.1f s", self.describe(), error, delay)
+            # An ERROR, each try: a door without its camera decides nothing (the backoff bounds the lines).
+            fault = f"camera {self.describe()} cannot be opened: {error}"
+            self._set_fault(fault)
+            log.error("%s; retrying in %.1f s", fault, delay)
             self._stopping.wait(delay)
             return False
 
     def _lose(self, error: Exception, backoff: Backoff) -> None:
         delay = backoff.next()
+        self._set_fault(f"camera {self.describe()} lost: {type(error).__name__}: {error}")
         log.warning("%s: lost (%s: %s); reopening in %.1f s", self.describe(), type(error).__name__, error, delay)
         self._close_device()
         self._stopping.wait(delay)
@@ -325,7 +337,12 @@ class FrameSource(ABC):
             if self._latest is not None:
                 self._dropped += 1
             self._latest = frame
+            self._fault = None
             self._cond.notify_all()
+
+    def _set_fault(self, fault: str) -> None:
+        with self._cond:
+            self._fault = fault
 
     def _sleep(self, seconds: float) -> None:
         """Wait, but wake at once on stop()."""

@@ -83,6 +83,11 @@ class OpenCVSource(FrameSource):
         return device, cv2.CAP_FFMPEG
 
     def _open(self) -> int:
+        if self._device_path is not None:  # OpenCV only says "did not open": say why where we can tell
+            if not os.path.exists(self._device_path):
+                raise SourceLost(f"{self._device_path} does not exist (unplugged, or another video node?)")
+            if not os.access(self._device_path, os.R_OK | os.W_OK):
+                raise SourceLost(f"{self._device_path}: permission denied (the service's user needs the video group)")
         capture = self._factory(self._target, self._api)
         if not capture.isOpened():
             capture.release()
