@@ -308,9 +308,9 @@ def _embedder(section: Section, models: Models) -> ModelCard:
 
 # The door's gate is looser than enrolment's (QualityLimits' defaults): faces at a
 # door are small and soft until the last metre. tools/tune_decision.py on the demo
-# clip with 42 decoy people: 14 px with K/N 3/5 at threshold 0.48 grants the
-# enrolled hiker 2.74 s after she is first seen and nobody else; sharpness of
-# small chips (3-15) does not separate good faces from bad, so it is not gated.
+# clip with 42 decoy people: 14 px with K/N 3/5 at SFace's threshold 0.64 grants the
+# enrolled hiker 1.90 s after she is first seen and nobody else (dlib at 0.48: 2.74 s);
+# sharpness of small chips (3-15) does not separate good faces from bad, so it is not gated.
 DOOR_QUALITY = QualityLimits(min_eye_distance=14, min_sharpness=0)
 
 
