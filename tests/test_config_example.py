@@ -3,7 +3,8 @@ keys it marks `# required` (the loader refuses a config without them) and `# exa
 
 A leaf is checked by writing it, with its shown value, into a config of only the marked keys: a true
 default changes nothing the loader builds; a value the loader does not default to, or a key it does not
-know, shows up as a difference or an error naming the key.
+know, shows up as a difference or an error naming the key. A section marked example (door.contact, a
+policy group) is an optional part: it is in that config, and its keys are judged by their own marks.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ import yaml
 from daemon import config as config_module
 from daemon.policy import Policy
 from daemon.settings import ConfigError
-from engines.manifest import MODELS_DIR
 from engines import model_card
+from engines.manifest import MODELS_DIR
 from engines.model_card import find_card
 
 # Keys that switch a section on, so that the section's other keys are read at all (mqtt.host is null,
