@@ -47,13 +47,23 @@ def test_every_config_has_what_ha_requires_for_its_component():
     assert len({c["unique_id"] for c in found.values()}) == len(found)
 
 
-def test_the_lock_commands_are_commands_the_door_takes():
-    from daemon.fleet.commands import parse_command
+def test_the_lock_commands_are_fresh_commands_the_door_takes():
+    import datetime
+
+    from daemon.fleet.commands import receive
 
     [lock] = [c for t, c in configs().items() if "/lock/" in t]
     assert lock["command_topic"] == SETTINGS.command_topic
-    assert parse_command(lock["payload_unlock"].encode()).name == "unlock"
-    assert parse_command(lock["payload_lock"].encode()).name == "lock"
+    pressed = datetime.datetime(2026, 12, 4, 21, 0, tzinfo=datetime.timezone.utc)
+    unlocking = parse_mqtt({"host": "broker", "allow_remote_unlock": True}, "front-door")
+    for payload, name in ((lock["payload_unlock"], "unlock"), (lock["payload_lock"], "lock")):
+        # HA renders command_template with value = the payload and its own now() at the press
+        sent = jinja2.Environment().from_string(lock["command_template"]).render(value=payload, now=lambda: pressed)
+        command = receive(sent.encode(), retained=False, settings=unlocking, now=pressed.timestamp() + 1)
+        assert command.name == name
+    stale = jinja2.Environment().from_string(lock["command_template"]).render(value="unlock", now=lambda: pressed)
+    with pytest.raises(ValueError, match="old|age"):
+        receive(stale.encode(), retained=False, settings=unlocking, now=pressed.timestamp() + 3600)
     assert render(lock["value_template"], {**STATE, "lock": "unlocked"}) == lock["state_unlocked"]
     assert render(lock["value_template"], STATE) == lock["state_locked"]
 

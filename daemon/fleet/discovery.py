@@ -63,8 +63,12 @@ def _lock(settings: MqttSettings) -> dict[str, Any]:
     return {
         "name": "Lock",
         "command_topic": settings.command_topic,
-        "payload_unlock": json.dumps({"command": "unlock", "client_id": "homeassistant"}),
-        "payload_lock": json.dumps({"command": "lock", "client_id": "homeassistant"}),
+        # HA renders the template at press time with value = payload_(un)lock: the door refuses unlocks
+        # without a fresh issued_at (daemon/fleet/commands.py), so the stamp is made then, not here.
+        "command_template": '{"command": "{{ value }}", "client_id": "homeassistant", '
+                            '"issued_at": {{ now().timestamp() }}}',
+        "payload_unlock": "unlock",
+        "payload_lock": "lock",
         "state_topic": settings.state_topic,
         "value_template": "{{ value_json.lock }}",
         "state_locked": "locked",
