@@ -80,9 +80,9 @@ def output(result: subprocess.CompletedProcess) -> str:
     return f"exit {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
 
 
-def make_venv(path: Path, *options: str) -> Path:
+def make_venv(path: Path) -> Path:
     """A fresh venv at path, or a skip where this Python cannot make one (no ensurepip)."""
-    result = run([sys.executable, "-m", "venv", *options, path], cwd=path.parent)
+    result = run([sys.executable, "-m", "venv", path], cwd=path.parent)
     if result.returncode != 0:
         if "ensurepip" in result.stdout + result.stderr:
             pytest.skip(f"python -m venv cannot make a venv here (no ensurepip: on Debian and Ubuntu, "
@@ -161,7 +161,9 @@ def full_config(production: Production, state: Path, public_key: Path) -> dict:
     example, sections = json.loads(where.stdout)
     assert Path(example).is_relative_to(production.site_packages)
     raw = yaml.safe_load(Path(example).read_text())
-    assert sorted(raw) == sections, "the example must show every section of the config"
+    missing = sorted(set(sections) - set(raw))
+    assert not missing, (f"config sections {missing} are not in the installed config.example.yaml: show them there, "
+                         f"and switch them on here if they are optional")
     clip = production.site_packages / "daemon" / "demo" / "video_02_hikers_walking_towards_camera.mp4"
     ca = _write_certificates(state)
     password = state / "mqtt-password"
@@ -198,7 +200,7 @@ def test_a_door_from_the_production_install(production: Production, tmp_path: Pa
     config.write_text(yaml.safe_dump(full_config(production, tmp_path, Path(f"{key}.pub")), sort_keys=False))
     check = run([python, "-m", "daemon", "check-config", config], cwd=production.work)
     assert check.returncode == 0, output(check)
-    assert check.stdout.strip() == f"{config}: valid"
+    assert check.stdout.splitlines()[0] == f"{config}: valid", output(check)
 
     # The clip's file source ends by itself (pace: fast, no loop), and the service with it.
     served = run([python, "-m", "daemon", "run", "--config", config], cwd=production.work)
