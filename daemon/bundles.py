@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from daemon.enrolment import Enroller, EnrolmentError, PhotosRefused, embed_again, refuse_duplicate
-from daemon.gallery import SCHEMA_VERSION, Gallery, NewPerson, Person, PersonNotFound, Template
+from daemon.gallery import SCHEMA_VERSION, Gallery, NewPerson, Person, PersonNotFound, Template, checked_name
 from engines.atomic_file import atomic_file, fsync_dir
 from engines.model_card import ModelCard
 
@@ -304,8 +304,10 @@ def _stamp(top: _Fields) -> tuple[int | None, str | None]:
 
 def _parse_person(fields: _Fields, archive: zipfile.ZipFile) -> BundlePerson:
     name = fields.get("name", str)
-    if not name.strip():
-        fields.fail(".name", name, "a non-empty name")
+    try:
+        checked_name(name)  # the gallery's rule, checked for every person before anything is imported
+    except ValueError as error:
+        fields.fail(".name", name, f"a person's name: {error}")
     raw_templates = fields.get("templates", list)
     if not raw_templates:
         fields.fail(".templates", raw_templates, "at least one template")

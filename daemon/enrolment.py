@@ -8,7 +8,8 @@ functions.
 Nothing is written before everything has been examined: photos go through the
 quality gate and the guards first, and each person is then written in one
 gallery transaction, so a refusal or a crash leaves each person fully enrolled
-or absent.
+or absent. A folder batch is one transaction for everyone in it: a refused photo
+leaves the gallery as it was.
 
 Templates per model: an Enroller holds one embedder per embedder card installed
 (every card of role embedder in the models folder), the configured one first. Each
@@ -43,7 +44,8 @@ import cv2
 import numpy as np
 
 from daemon.events import face_jpeg
-from daemon.gallery import AmbiguousName, Gallery, Person, PersonNotFound, StoredTemplate, Template
+from daemon.gallery import (AmbiguousName, Gallery, NewPerson, Person, PersonNotFound, StoredTemplate, Template,
+                            checked_name)
 from daemon.sources import Frame, FrameSource
 from engines.align import align
 from engines.embedder import Embedder, distance
@@ -525,8 +527,18 @@ class PersonOutcome:
     person_id: int | None = None  # None: not enrolled
     enrolled: int = 0  # accepted photos written (each as a template of every installed model)
     refused: list[Refusal] = field(default_factory=list)
-    problem: str | None = None  # why the person was not enrolled
+    problem: str | None = None  # why the person cannot be enrolled
     already: bool = False  # someone of this name was enrolled before: left alone
+    shots: list[Shot] = field(default_factory=list, repr=False)  # accepted, to be written with everyone else's
+
+    @property
+    def failed(self) -> bool:
+        """A refused photo or a problem: the batch is not written."""
+        return bool(self.refused or self.problem)
+
+
+class FolderRefused(EnrolmentError):
+    """A photo or a person of a folder batch was refused, so nobody of it was enrolled."""
 
 
 def person_folders(root: Path) -> dict[str, list[Path]]:
@@ -537,43 +549,76 @@ def person_folders(root: Path) -> dict[str, list[Path]]:
             for folder in sorted(root.iterdir()) if folder.is_dir() and not folder.name.startswith(".")}
 
 
-def enrol_folder(gallery: Gallery, enroller: Enroller, folders: dict[str, list[Path]], *, largest: bool = False,
-                 keep_photo: bool = False, force: bool = False,
+def judge_folder(gallery: Gallery | None, enroller: Enroller, folders: dict[str, list[Path]], *,
+                 largest: bool = False, keep_photo: bool = False, force: bool = False,
                  progress: Callable[[Progress], None] = lambda progress: None) -> list[PersonOutcome]:
-    """Each person with their accepted photos in one transaction; a bad person is reported, the rest go on.
+    """Every person's photos judged and their faces checked against the gallery (None: there is none
+    yet) and against each other (unless force); nothing is written: enrol_judged writes them all.
 
-    People already enrolled under the folder's name are left alone, so an interrupted
-    batch is finished by running it again.
+    People already enrolled under the folder's name are left alone (already), so running a
+    batch again after it was written changes nothing.
     """
+    enrolled = {p.name for p in gallery.list_people()} if gallery is not None else set()
     total = sum(len(photos) for photos in folders.values())
     done = 0
-    outcomes = []
+    outcomes: list[PersonOutcome] = []
     for number, (name, photos) in enumerate(folders.items()):
         def report(judged: int) -> None:
             progress(Progress(name, number, len(folders), done + judged, total))
 
         report(0)
-        outcomes.append(_enrol_one(gallery, enroller, name, photos, largest, keep_photo, force, report))
+        outcome = PersonOutcome(name, len(photos))
+        outcomes.append(outcome)
         done += len(photos)
+        try:
+            outcome.name = checked_name(name)
+        except ValueError as error:
+            outcome.problem = f"the folder's name is not a person's name: {error}"
+            continue
+        if outcome.name in enrolled:
+            outcome.already = True
+            continue
+        outcome.shots, outcome.refused = judge_files(enroller, photos, largest=largest, keep_photo=keep_photo,
+                                                     on_judged=report)
+        if not outcome.shots:
+            outcome.problem = "no photo passed the quality gate" if photos else "the folder holds no photos"
+        elif not force:
+            outcome.problem = _resemblance(gallery, enroller.card, outcome, outcomes[:-1])
     progress(Progress("", len(folders), len(folders), done, total))
     return outcomes
 
 
-def _enrol_one(gallery: Gallery, enroller: Enroller, name: str, photos: list[Path], largest: bool,
-               keep_photo: bool, force: bool, report: Callable[[int], None]) -> PersonOutcome:
-    outcome = PersonOutcome(name, len(photos))
-    if any(p.name == name for p in gallery.list_people()):
-        outcome.already = True
-        return outcome
-    shots, outcome.refused = judge_files(enroller, photos, largest=largest, keep_photo=keep_photo,
-                                         on_judged=report)
-    if not shots:
-        outcome.problem = "no photo passed the quality gate" if photos else "the folder holds no photos"
-        return outcome
-    try:
-        outcome.person_id = enrol(gallery, enroller.card, name, shots, force=force)
-    except (EnrolmentError, ValueError) as error:
-        outcome.problem = str(error)
-        return outcome
-    outcome.enrolled = len(shots)
-    return outcome
+def _resemblance(gallery: Gallery | None, card: ModelCard, outcome: PersonOutcome,
+                 earlier: Sequence[PersonOutcome]) -> str | None:
+    """Why outcome's faces may not be enrolled as a new person: they look like someone enrolled, or like
+    another person of the batch; None when they look like nobody."""
+    embeddings = _embeddings_of(card, outcome.shots)
+    if gallery is not None:
+        try:
+            refuse_duplicate(gallery, card, outcome.name, embeddings)
+        except DuplicateFace as error:
+            return str(error)
+    for other in earlier:
+        if other.shots:
+            gap = float(np.min(distance(np.asarray(embeddings)[:, None, :],
+                                        np.asarray(_embeddings_of(card, other.shots))[None], card.metric)))
+            if gap < card.threshold:
+                return (f"{outcome.name!r} looks like {other.name!r} of this folder: distance {gap:.3f} is below "
+                        f"the match threshold {card.threshold:.3f}. If they are different people, enrol with "
+                        "--force; if not, put the photos in one folder")
+    return None
+
+
+def enrol_judged(gallery: Gallery, outcomes: Sequence[PersonOutcome]) -> list[PersonOutcome]:
+    """Write everyone judge_folder accepted in one gallery transaction: all of them, or (FolderRefused,
+    when any photo or person was refused) nobody. Returns the outcomes of the people enrolled."""
+    failed = [outcome for outcome in outcomes if outcome.failed]
+    if failed:
+        photos = sum(len(outcome.refused) for outcome in failed)
+        raise FolderRefused(f"nobody was enrolled: {photos} photo(s) refused, {len(failed)} people with a problem")
+    todo = [outcome for outcome in outcomes if outcome.shots and not outcome.already]
+    ids = gallery.add_people([NewPerson(outcome.name, None, None, True, None, None,
+                                        [t for shot in outcome.shots for t in shot.templates]) for outcome in todo])
+    for outcome, person_id in zip(todo, ids):
+        outcome.person_id, outcome.enrolled = person_id, len(outcome.shots)
+    return todo

@@ -18,6 +18,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from daemon.events import SCHEMA_VERSION, EventLog, EventLogError, EventReader
+from daemon.gallery import SCHEMA_VERSION as GALLERY_SCHEMA
+from daemon.gallery import Gallery
 from tests.conftest import REPO
 
 CLI_PATH = REPO / "tools" / "events.py"
@@ -230,8 +232,6 @@ def folder_state(folder) -> dict[str, tuple[int, bytes]]:
 
 
 def gallery_file(path) -> None:
-    from daemon.gallery import Gallery
-
     Gallery.open(path).close()
 
 
@@ -258,8 +258,8 @@ def truncated_log(path) -> None:
     (garbage_file, "not a readable facegate event log \\(file is not a database\\): move it aside \\(mv {path} "
                    "{path}.damaged\\) to start a new, empty event log"),
     (truncated_log, "not a readable facegate event log \\(database disk image is malformed\\): move it aside"),
-    (gallery_file, "a SQLite database but not a facegate event log \\(schema version 2, tables: gallery_state, "
-                   "people, .*check events.path, or move it aside"),
+    (gallery_file, f"a SQLite database but not a facegate event log \\(schema version {GALLERY_SCHEMA}, tables: "
+                   ".*gallery_state, people, .*check events.path, or move it aside"),
     (newer_log, f"event log schema version {SCHEMA_VERSION + 1} is newer than this facegate writes "
                 f"\\({SCHEMA_VERSION}\\): upgrade facegate, or move it aside"),
 ])
@@ -333,6 +333,14 @@ def test_cli_lists_a_table(log, db_path, capsys):
     assert out[0].split() == ["id", "time", "door", "kind", "person", "score", "track", "reason"]
     assert len(out) == 6
     assert "Alice" in out[2] and "0.310" in out[2] and "allowed by group staff" in out[2]
+
+
+def test_cli_prints_names_and_reasons_escaped(log, db_path, capsys):
+    log.record("grant", person_name="Eve\x1b[2J\u202e", reason="allowed\nINFO forged line", at=T0)
+    assert cli.main(["--db", str(db_path), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "Eve\\x1b[2J\\u202e" in out and "allowed INFO forged line" in out
+    assert "\x1b" not in out and "\u202e" not in out
 
 
 def test_cli_filters_and_json_lines(log, db_path, capsys):

@@ -56,6 +56,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -71,10 +72,11 @@ from daemon.bundles import (COLLISION_POLICIES, bundle_bytes, export_bundle, gen
 from daemon.config import read_yaml  # noqa: E402
 from daemon.enrolment import (CameraError, Enroller, EnrolmentError, PersonDetails, PersonOutcome,  # noqa: E402
                               PhotosRefused, Progress, Refusal, Shot, add_shots, capture, embedder_cards, enrol,
-                              enrol_folder, find_person, judge_files, person_folders, Reembedded, reembed_person,
-                              refuse_taken_name)
+                              enrol_judged, find_person, judge_files, judge_folder, person_folders, Reembedded,
+                              reembed_person, refuse_taken_name)
 from daemon.fleet.settings import MqttSettings, make_client, parse_mqtt  # noqa: E402
-from daemon.gallery import KINDS, Gallery, GalleryError, GalleryIndex, Person, listed  # noqa: E402
+from daemon.gallery import (KINDS, Gallery, GalleryError, GalleryIndex, Person, check_gallery_file,  # noqa: E402
+                            checked_name, escaped, listed)
 from daemon.panel.credentials import Credential, checked_card, hash_pin  # noqa: E402
 from daemon.panel.formats import Card  # noqa: E402
 from daemon.settings import ConfigError  # noqa: E402
@@ -180,7 +182,9 @@ def parser() -> argparse.ArgumentParser:
     more.add_argument("--force", action="store_true", help="add photos even when they do not look like the person")
 
     folder = command("add-folder", cmd_add_folder,
-                     "enrol one person per sub-folder (the folder's name), each all or nothing")
+                     "enrol one person per sub-folder (the folder's name), all in one transaction: a "
+                     "refused photo or person and nobody is enrolled (people already enrolled under the "
+                     "folder's name are left alone)")
     folder.add_argument("folder", type=Path, metavar="DIR")
     _photo_options(folder)
     folder.add_argument("--force", action="store_true", help="enrol faces that match someone enrolled")
@@ -285,6 +289,8 @@ def _photo_options(sub: argparse.ArgumentParser) -> None:
 def cmd_add(args: argparse.Namespace) -> int:
     if args.photo and (args.shots or args.duration):
         raise UsageError("--shots and --duration go with --camera, not --photo")
+    checked_name(args.name)  # the name and --db refused before the models load, not after the photos
+    check_gallery_file(args.db)
     details = PersonDetails(args.external_id, args.note, args.valid_from, args.valid_until)
     credential = credential_of(args)  # bad numbers refused before anything is asked or loaded
     if Path(args.db).exists():
@@ -413,17 +419,22 @@ def cmd_add_template(args: argparse.Namespace) -> int:
 
 def cmd_add_folder(args: argparse.Namespace) -> int:
     folders = person_folders(args.folder)
-    with open_gallery(args.db, create=True) as gallery, \
-            Enroller.from_models(args.models, card=configured_card(args)) as enroller:
+    check_gallery_file(args.db)  # a --db that cannot work is said before the photos are judged
+    with Enroller.from_models(args.models, card=configured_card(args)) as enroller:
         print(f"enrolling {len(folders)} people ({sum(map(len, folders.values()))} photos) from {args.folder}",
               file=sys.stderr, flush=True)
-        outcomes = enrol_folder(gallery, enroller, folders, largest=args.largest, keep_photo=args.keep_photo,
-                                force=args.force, progress=FolderProgress(sys.stderr))
+        with open_gallery(args.db) if Path(args.db).exists() else nullcontext() as gallery:
+            outcomes = judge_folder(gallery, enroller, folders, largest=args.largest, keep_photo=args.keep_photo,
+                                    force=args.force, progress=FolderProgress(sys.stderr))
+    failed = any(o.failed for o in outcomes)
+    if not failed and any(o.shots for o in outcomes):
+        with open_gallery(args.db, create=True) as gallery:  # only now: a refused batch leaves no empty gallery
+            enrol_judged(gallery, outcomes)
     if args.json:
         print(json.dumps([outcome_json(o) for o in outcomes], indent=1, ensure_ascii=False))
     else:
         print(folder_summary(outcomes))
-    return 1 if any(o.problem for o in outcomes) else 0
+    return 1 if failed else 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -754,7 +765,9 @@ def configured_card(args: argparse.Namespace) -> ModelCard:
 def open_gallery(path: str, create: bool = False) -> Gallery:
     """The gallery; only enrolling commands create a missing one, so a mistyped --db is not a new empty gallery."""
     if not create and not Path(path).exists():
-        raise EnrolmentError(f"no gallery at {path}: check --db, or enrol someone first")
+        folder = Path(path).parent
+        missing = "" if folder.is_dir() else f" (the folder {folder} does not exist)"
+        raise EnrolmentError(f"no gallery at {path}{missing}: check --db, or enrol someone first")
     return Gallery.open(path)
 
 
@@ -799,7 +812,7 @@ class FolderProgress:
             print(f"done: {progress.photos} photos in {duration(time.monotonic() - self.started)}",
                   file=self.stream, flush=True)
             return
-        line = (f"[{progress.people_done + 1}/{progress.people}] {progress.person}: "
+        line = (f"[{progress.people_done + 1}/{progress.people}] {escaped(progress.person)}: "
                 f"{progress.photos_done}/{progress.photos} photos done, ETA {self.eta(progress)}")
         if self.tty:
             self.stream.write("\r\x1b[K" + line)
@@ -821,18 +834,21 @@ def duration(secs: float) -> str:
 
 
 def folder_summary(outcomes: list[PersonOutcome]) -> str:
-    enrolled = [o for o in outcomes if o.person_id is not None]
-    already = [o for o in outcomes if o.already]
-    failed = [o for o in outcomes if o.problem]
-    lines = [f"enrolled {len(enrolled)} people ({sum(o.enrolled for o in enrolled)} templates); "
-             f"{len(already)} already enrolled, left alone; {len(failed)} not enrolled"]
-    refused = [(o.name, r) for o in outcomes for r in o.refused]
+    already = sum(o.already for o in outcomes)
+    refused = [r for o in outcomes for r in o.refused]
+    problems = [o for o in outcomes if o.problem]
+    if not refused and not problems:
+        enrolled = [o for o in outcomes if o.person_id is not None]
+        return (f"enrolled {len(enrolled)} people ({sum(o.enrolled for o in enrolled)} photos); {already} already "
+                "enrolled, left alone")
+    lines = [f"nobody was enrolled, the gallery is unchanged: {len(refused)} photo(s) refused and {len(problems)} "
+             "people who cannot be enrolled; fix or remove them and run again (a folder is enrolled all or nothing)"]
     if refused:
         lines.append(f"refused photos ({len(refused)}):")
-        lines += [f"  {refusal.label}: {'; '.join(refusal.reasons)}" for _, refusal in refused]
-    if failed:
-        lines.append("not enrolled:")
-        lines += [f"  {o.name}: {o.problem}" for o in failed]
+        lines += [f"  {escaped(refusal.label)}: {'; '.join(refusal.reasons)}" for refusal in refused]
+    if problems:
+        lines.append("cannot be enrolled:")
+        lines += [f"  {escaped(o.name)}: {o.problem}" for o in problems]
     return "\n".join(lines)
 
 
@@ -848,7 +864,7 @@ def person_text(person: dict[str, Any]) -> str:
               ("active", "yes" if person["active"] else "no"), ("valid", validity), ("note", person["note"] or ""),
               ("created", person["created_at"]), ("updated", person["updated_at"]),
               ("templates", str(person["template_count"])))
-    return "\n".join(f"{key:<12} {value}" for key, value in fields)
+    return "\n".join(f"{key:<12} {escaped(value)}" for key, value in fields)
 
 
 def figure(quality: dict[str, Any], key: str, decimals: int) -> str:
@@ -857,7 +873,7 @@ def figure(quality: dict[str, Any], key: str, decimals: int) -> str:
 
 
 def table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    cells = [[" ".join(str(value).split()) for value in row] for row in rows]  # a row stays one line
+    cells = [[escaped(" ".join(str(value).split())) for value in row] for row in rows]  # a row stays one line
     widths = [max([len(column)] + [len(row[i]) for row in cells]) for i, column in enumerate(columns)]
     lines = [columns] + cells
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)

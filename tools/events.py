@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.cli_options import common_options, default  # noqa: E402
 from daemon.events import Event, EventLogError, EventReader  # noqa: E402
+from daemon.gallery import escaped  # noqa: E402
 
 DEFAULT_DB = "/var/lib/facegate/events.db"
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -80,15 +81,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _cell(text: str, width: int) -> str:
-    """One line of at most width characters: a table row must stay one row."""
-    text = " ".join(text.split())
+    """One line of at most width characters, escaped: a table row must stay one row, and a name or reason
+    may not move the cursor or recolour the terminal."""
+    text = escaped(" ".join(text.split()))
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def table(events: list[Event]) -> str:
     columns = ("id", "time", "door", "kind", "person", "score", "track", "reason")
     rows = [(str(e.id), e.time, e.door or "", e.kind,
-             e.person_name or e.external_id or ("" if e.person_id is None else f"#{e.person_id}"),
+             _cell(e.person_name or e.external_id or ("" if e.person_id is None else f"#{e.person_id}"), 60),
              "" if e.score is None else f"{e.score:.3f}", "" if e.track_id is None else str(e.track_id),
              _cell(e.reason or "", 80)) for e in events]
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]

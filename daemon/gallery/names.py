@@ -18,8 +18,8 @@ _NAME_FORMAT_CHARACTERS = {"\u200c", "\u200d"}
 # Controls (NUL, ESC, newline, tab, DEL, C1), format characters, surrogates, line and paragraph separators.
 _REFUSED_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 # unicodedata.name knows no names for the C0 and C1 controls.
-_CONTROL_NAMES = {"\x00": "NUL", "\t": "TAB", "\n": "LINE FEED", "\r": "CARRIAGE RETURN", "\x1b": "ESC",
-                  "\x7f": "DEL"}
+_CONTROL_NAMES = {"\x00": "NUL", "\x07": "BEL", "\x08": "BACKSPACE", "\t": "TAB", "\n": "LINE FEED",
+                  "\r": "CARRIAGE RETURN", "\x1b": "ESC", "\x7f": "DEL"}
 
 
 def checked_name(name: object) -> str:
