@@ -1,6 +1,7 @@
 """Shared fixtures: paths to the repository and to the optional ../shared data."""
 from __future__ import annotations
 
+import stat
 import time
 from pathlib import Path
 
@@ -31,3 +32,10 @@ def wait_for(predicate, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.005)
     return predicate()
+
+
+def folder_state(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file and folder below folder: its mode and (for files) its bytes. Equal states: nothing on disk
+    changed, no file made or removed, no mode changed (a refused command must leave all three alone)."""
+    return {str(p.relative_to(folder)): (stat.S_IMODE(p.stat().st_mode), p.read_bytes() if p.is_file() else b"")
+            for p in sorted(folder.rglob("*"))}

@@ -43,7 +43,7 @@ from daemon.sources import FileSource
 from engines.embedder import distance
 from engines.model_card import cards_of, find_card
 from engines.quality import QualityLimits
-from tests.conftest import MODELS, REPO
+from tests.conftest import MODELS, REPO, folder_state
 
 TOOL = REPO / "tools" / "enroll_local.py"
 CARDS = len(cards_of(MODELS, "embedder"))  # templates per accepted face
@@ -413,11 +413,6 @@ def test_bad_input_is_refused_with_a_message_and_changes_nothing(db, photos, arg
     assert "Traceback" not in result.stderr
     assert (dump(db), folder_state(db.parent)) == before
 
-
-def folder_state(folder: Path) -> dict[str, tuple[int, bytes]]:
-    """Every file and folder below folder: its mode and (for files) its bytes."""
-    return {str(p.relative_to(folder)): (stat.S_IMODE(p.stat().st_mode), p.read_bytes() if p.is_file() else b"")
-            for p in sorted(folder.rglob("*"))}
 
 
 def test_a_name_that_cannot_be_shown_as_it_is_is_refused_before_the_models_load(tmp_path, photos):

@@ -20,7 +20,7 @@ import pytest
 from daemon.events import SCHEMA_VERSION, EventLog, EventLogError, EventReader
 from daemon.gallery import SCHEMA_VERSION as GALLERY_SCHEMA
 from daemon.gallery import Gallery
-from tests.conftest import REPO
+from tests.conftest import REPO, folder_state
 
 CLI_PATH = REPO / "tools" / "events.py"
 _spec = importlib.util.spec_from_file_location("facegate_events_cli", CLI_PATH)
@@ -224,11 +224,6 @@ def test_a_log_that_cannot_reopen_at_run_time_does_not_raise(db_path, caplog):
     log.close()
     assert log.record("after close") is False
 
-
-def folder_state(folder) -> dict[str, tuple[int, bytes]]:
-    """Every file and folder below folder: its mode and (for files) its bytes."""
-    return {str(p.relative_to(folder)): (stat.S_IMODE(p.stat().st_mode), p.read_bytes() if p.is_file() else b"")
-            for p in sorted(folder.rglob("*"))}
 
 
 def gallery_file(path) -> None:

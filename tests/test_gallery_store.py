@@ -20,7 +20,7 @@ from daemon.gallery import (SCHEMA_VERSION, AmbiguousName, CorruptGallery, Dupli
                             GalleryError, NewPerson, PersonNotFound, SchemaTooNew, Template, check_gallery_file,
                             checked_name, escaped, load_or_build)
 from engines.model_card import load_card
-from tests.conftest import MODELS, REPO
+from tests.conftest import MODELS, REPO, folder_state
 
 CARD = load_card(MODELS / "dlib_resnet_v1.yaml")
 DIM = 128
@@ -336,11 +336,6 @@ def test_database_errors_after_opening_name_the_file(gallery):
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
-
-def folder_state(folder: Path) -> dict[str, tuple[int, bytes]]:
-    """Every file and folder below folder: its mode and (for files) its bytes."""
-    return {str(p.relative_to(folder)): (mode(p), p.read_bytes() if p.is_file() else b"")
-            for p in sorted(folder.rglob("*"))}
 
 
 def test_database_files_are_owner_only_whatever_the_umask(tmp_path):

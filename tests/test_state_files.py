@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +18,10 @@ from gpiozero.pins.mock import MockFactory
 from daemon.demo import DEMO_CLIP, ENROL_FRAME, demo_config, enrol_from_clip
 from daemon.events import EventLog, EventReader
 from daemon.gallery import Gallery, Template
-from tests.conftest import REPO
+from tests.conftest import REPO, folder_state
 from daemon.service import DoorService
 from tests.test_service import RELAY, RelayWatch, make_config, short_clip  # noqa: F401 (short_clip: a fixture)
 
-
-def folder_state(folder: Path) -> dict[str, tuple[int, bytes]]:
-    """Every file and folder below folder: its mode and (for files) its bytes."""
-    return {str(p.relative_to(folder)): (stat.S_IMODE(p.stat().st_mode), p.read_bytes() if p.is_file() else b"")
-            for p in sorted(folder.rglob("*"))}
 
 
 def daemon(*args: object) -> subprocess.CompletedProcess:
