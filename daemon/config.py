@@ -16,6 +16,7 @@ from daemon.decision import DecisionConfig
 from daemon.door import DoorConfig
 from daemon.fleet.settings import MqttSettings, parse_mqtt
 from daemon.metrics import MetricsSettings, parse_metrics
+from daemon.panel.output import PanelSettings, parse_panel
 from daemon.policy import Policy
 from daemon.settings import ConfigError, Section
 from daemon.sources import SourceConfig, parse_source_config
@@ -27,7 +28,7 @@ from engines.quality import QualityLimits
 DEFAULT_PATH = Path("/etc/facegate/config.yaml")
 EXAMPLE_PATH = Path(__file__).resolve().parent / "config.example.yaml"
 SECTIONS = {"camera", "detector", "embedder", "quality", "gallery", "decision", "liveness", "door", "policy",
-            "events", "logging", "watchdog", "mqtt", "metrics"}
+            "events", "logging", "watchdog", "mqtt", "metrics", "panel"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -93,6 +94,7 @@ class Config:
     status_seconds: float
     mqtt: MqttSettings | None = None  # None: no broker (the default)
     metrics: MetricsSettings | None = None  # None: no metrics endpoint (the default)
+    panel: PanelSettings = PanelSettings()  # the relay alone (the default); daemon/panel/output.py
 
 
 def load(path: str | Path) -> Config:
@@ -180,6 +182,7 @@ def parse(raw: Any, path: Path | None = None) -> Config:
         stall_seconds=watchdog.number("stall_seconds", 5.0, low=0.5, high=600),
         mqtt=_mqtt(top.raw.get("mqtt"), door.name),
         metrics=parse_metrics(top.raw.get("metrics")),
+        panel=parse_panel(top.raw.get("panel")),
     )
 
 

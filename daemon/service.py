@@ -29,6 +29,8 @@ from daemon.fleet.commands import Command
 from daemon.gallery import GalleryReader, escaped, listed
 from daemon.metrics import DoorMetrics, MetricsError, MetricsServer
 from daemon.notify import Notifier
+from daemon.panel.formats import Card
+from daemon.panel.output import make_panel_output
 from daemon.recognition import Observation, Recogniser
 from daemon.settings import ConfigError
 from daemon.sqlite_files import check_state_files
@@ -111,6 +113,9 @@ class DoorService:
         self.door = Door(config.door, on_event=self._door_event, clock=self.clock, pin_factory=pin_factory)
         self._closers.append(self.door.close)
         try:
+            # The panel's outputs (relay, Wiegand, OSDP) take every decision; their threads start here.
+            self.panel = make_panel_output(config.panel, self.door.grant, pin_factory)
+            self._closers.append(self.panel.close)
             # Both state files checked before either is opened (opening creates what is missing), so a
             # door refusing to start for one leaves the other as it was.
             check_state_files(config.gallery.path, config.events.path)
@@ -280,6 +285,7 @@ class DoorService:
         if decision.person_id is None:
             self.stats.unknowns += 1
             self._outcome(decision, "unknown", None, frame)
+            self.panel.refused("unknown face")
             if now - self._last_unknown_event >= self.config.events.unknown_log_interval:
                 self._last_unknown_event = now
                 self.events.record("unknown_face", door=door, track_id=decision.track_id,
@@ -294,6 +300,7 @@ class DoorService:
             self.stats.denies += 1
             self.stats.attacks += 1
             self._outcome(decision, "attack", person.name, frame)
+            self.panel.refused(ATTACK_REASON)
             reason = (f"{ATTACK_REASON}: live score {decision.live_score:.3f} below the liveness threshold "
                       f"{self.decider.live_threshold:.3f}")
             self.events.record("deny", door=door, person_id=person.id, person_name=person.name,
@@ -316,9 +323,17 @@ class DoorService:
             self.stats.grants += 1
             if self.stats.first_grant_video_time is None:
                 self.stats.first_grant_video_time = frame.video_time
-            self.door.grant(f"{escaped(person.name)} (track {decision.track_id})")
+            self.panel.granted(f"{escaped(person.name)} (track {decision.track_id})", self._card(person.id))
         else:
             self.stats.denies += 1
+            if self.panel.panel_decides:  # the panel judges for itself; our policy's verdict is only logged
+                self.panel.seen(f"{escaped(person.name)} (track {decision.track_id})", self._card(person.id))
+            else:
+                self.panel.refused(verdict.reason)
+
+    def _card(self, person_id: int) -> Card | None:
+        credential = self.gallery.credential(person_id)
+        return None if credential is None else credential.card
 
     def _snapshot(self, frame: Frame, observation: Observation) -> bytes | None:
         """The decided face's JPEG for its event, made only while events.snapshots is on."""

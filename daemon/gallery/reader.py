@@ -23,6 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from daemon.panel.credentials import Credential
 from engines.model_card import ModelCard
 
 from .index import GalleryIndex, Match, load_or_build
@@ -108,6 +109,11 @@ class GalleryReader:
         """The person's current record (active flag, validity) for the access policy."""
         with self._lock:
             return self._gallery.get_person(person_id)
+
+    def credential(self, person_id: int) -> Credential | None:
+        """The person's card and PIN hash for the building's panel (daemon/panel), if enrolled."""
+        with self._lock:
+            return self._gallery.credentials().get(person_id)
 
     def close(self) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ import functools
 import gc
 import importlib
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -156,6 +157,11 @@ class BusyWaitSender:
         ends: list[int] = []
         gc_was_on = gc.isenabled()
         gc.disable()  # a collection in the middle of a pulse would stretch it by milliseconds
+        # Keep the interpreter for the whole frame (50-75 ms): at the default 5 ms switch interval the door
+        # loop's Python threads took it mid-frame and stretched gaps past 30 ms, which a panel reads as two
+        # frames. Threads inside C code that released the GIL (inference) run on meanwhile.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(max(switch, 2 * len(bits) * self._timing.interval_us / 1e6))
         try:
             now = time.perf_counter_ns
             next_start = now()
@@ -173,6 +179,7 @@ class BusyWaitSender:
                 ends.append(ended)
                 next_start = max(started + interval_ns, ended + pulse_ns)
         finally:
+            sys.setswitchinterval(switch)
             if gc_was_on:
                 gc.enable()
         report = SendReport(len(bits), (ends[-1] - starts[0]) / 1000 if bits else 0.0,
