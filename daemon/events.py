@@ -101,6 +101,16 @@ def face_snapshot(rgb: np.ndarray, box: Sequence[float]) -> bytes | None:
         return None
 
 
+OPERATOR_KIND = "operator"  # a change made at the front desk (desk/): who, from where, what
+
+
+def record_operator(log: EventLog, operator: str, client: str, action: str, *, person_id: int | None = None,
+                    person_name: str | None = None) -> bool:
+    """An operator event: reason is "<operator> from <client address>: <action>"; the row's time is when."""
+    return log.record(OPERATOR_KIND, person_id=person_id, person_name=person_name,
+                      reason=f"{operator} from {client}: {action}")
+
+
 class EventLogError(RuntimeError):
     """Reading the event log failed (missing file, not an event log, newer schema), or it cannot be opened."""
 
@@ -187,15 +197,18 @@ class EventReader:
 
     def query(self, since: datetime | float | None = None, until: datetime | float | None = None,
               kinds: Iterable[str] | None = None, person: str | None = None,
-              limit: int | None = None) -> list[Event]:
+              limit: int | None = None, door: str | None = None) -> list[Event]:
         """Events from since (inclusive) to until (exclusive), oldest first; with a limit, the
         newest `limit` of them. person matches the name, the external id or the person id."""
-        return list(self.iter_events(since, until, kinds, person, limit))
+        return list(self.iter_events(since, until, kinds, person, limit, door))
 
     def iter_events(self, since: datetime | float | None = None, until: datetime | float | None = None,
                     kinds: Iterable[str] | None = None, person: str | None = None,
-                    limit: int | None = None) -> Iterator[Event]:
+                    limit: int | None = None, door: str | None = None) -> Iterator[Event]:
         where, args = [], []
+        if door is not None:
+            where.append("door = ?")
+            args.append(door)
         if since is not None:
             where.append("unix >= ?")
             args.append(_timestamp(since))
@@ -278,12 +291,16 @@ class EventReader:
         """Write the events query(**filters) selects as CSV with a header; returns the row count."""
         with _text_output(file) as out:
             writer = csv.writer(out)
-            writer.writerow((*COLUMNS, "has_snapshot"))
-            count = 0
-            for event in self.iter_events(**filters):
-                writer.writerow(["" if v is None else v for v in asdict(event).values()])
-                count += 1
+            count = -1  # the header is not an event
+            for count, row in enumerate(self.csv_rows(**filters)):
+                writer.writerow(row)
         return count
+
+    def csv_rows(self, **filters: Any) -> Iterator[list[Any]]:
+        """The header, then one CSV row per event query(**filters) selects (export_csv, the desk's download)."""
+        yield [*COLUMNS, "has_snapshot"]
+        for event in self.iter_events(**filters):
+            yield ["" if v is None else v for v in asdict(event).values()]
 
     def export_json(self, file: IO[str] | str | os.PathLike[str], **filters: Any) -> int:
         """Write the selected events as one JSON array of objects; returns the row count."""

@@ -42,6 +42,8 @@ examples:
   enroll_local.py --card NEW-CARD-ID check || enroll_local.py reembed   # before switching embedder.card
   enroll_local.py keygen --key /etc/facegate/gallery-signing.key        # once, at the front desk
   enroll_local.py publish --key /etc/facegate/gallery-signing.key --mqtt /etc/facegate/config.yaml
+  enroll_local.py operator add "Dana Reyes" --role admin                # once: who may log in to the desk
+  enroll_local.py serve                                                 # the desk's web page on 127.0.0.1:8080
 
 --db, --models and --card go before or after the command.
 
@@ -80,6 +82,8 @@ from daemon.gallery import (KINDS, Gallery, GalleryError, GalleryIndex, Person, 
 from daemon.panel.credentials import Credential, checked_card, hash_pin  # noqa: E402
 from daemon.panel.formats import Card  # noqa: E402
 from daemon.settings import ConfigError  # noqa: E402
+from desk.operators import ROLES  # noqa: E402  (stdlib only: the CLI works without the desk extra)
+from desk.settings import DEFAULT_LISTEN  # noqa: E402
 from daemon.sources import FrameSource, SourceConfigError, SourceError, make_source  # noqa: E402
 from engines.manifest import MODELS_DIR  # noqa: E402
 from engines.model_card import ModelCard, cards_of, find_card, load_card  # noqa: E402
@@ -264,7 +268,35 @@ def parser() -> argparse.ArgumentParser:
     publish.add_argument("--allow-empty", action="store_true",
                          help="publish a gallery of nobody: every door then erases everyone")
     publish.add_argument("--json", action="store_true", help="print what was published as JSON")
+
+    serve = command("serve", cmd_serve, f"start the front desk's web page (docs/desk.md) on {DEFAULT_LISTEN} unless "
+                    "--listen; it needs the desk extra (pip install 'facegate[desk]') and an operator (operator add)")
+    serve.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                       help="the address to listen on; one beyond this machine needs --tls-cert and --tls-key "
+                            "(or --insecure-http)")
+    serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="the TLS certificate (PEM) for https")
+    serve.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)")
+    serve.add_argument("--insecure-http", action="store_true",
+                       help="allow plain http on a non-loopback address (passwords cross the network in clear)")
+    serve.add_argument("--events", type=Path, metavar="FILE", help="the event log (default: events.db beside --db)")
+    _desk_db_option(serve)
+    serve.add_argument("--mqtt", type=Path, metavar="CONFIG", help="a facegate config whose mqtt: section names the "
+                       "fleet's broker: the Doors page shows each door and can publish the gallery")
+    serve.add_argument("--key", type=Path, metavar="KEY", help="the front desk's signing key (keygen), to publish")
+    operator = command("operator", cmd_operator, "add a front-desk operator (asks for the password twice; read "
+                       "from two lines of stdin when not on a terminal)")
+    operator.add_argument("action", choices=("add",), metavar="add")
+    operator.add_argument("operator_name", metavar="NAME")
+    operator.add_argument("--role", choices=ROLES, default="enroller",
+                          help="viewer: reads; enroller: also enrols and edits; admin: also deletes and publishes "
+                               "(default enroller)")
+    _desk_db_option(operator)
     return top
+
+
+def _desk_db_option(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--desk-db", type=Path, metavar="FILE",
+                     help="the desk's operators and sessions (default: desk.db beside --db)")
 
 
 def _card_options(sub: argparse.ArgumentParser) -> None:
@@ -629,6 +661,57 @@ def cmd_rebuild_index(args: argparse.Namespace) -> int:
             print(f"indexed {index.count} templates of {index.people} people with {card.id} ({args.kind}, "
                   f"generation {index.generation}) in {gallery.index_dir}")
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from daemon.events import check_event_log
+    from desk.settings import DeskSettings, DeskSettingsError, check_listen, parse_listen
+
+    try:
+        host, port = parse_listen(args.listen)
+        check_listen(host, args.tls_cert, args.tls_key, args.insecure_http)
+    except DeskSettingsError as error:
+        raise UsageError(str(error)) from None
+    try:
+        from desk.server import serve
+    except ImportError as error:
+        raise EnrolmentError(f"the desk needs its extra: pip install 'facegate[desk]' ({error})") from None
+    events = args.events or Path(args.db).with_name("events.db")
+    check_gallery_file(args.db)
+    check_event_log(events)
+    if args.mqtt is not None:
+        mqtt_settings(args.mqtt)  # a bad broker config is said now, not on the Doors page
+    desk_db = args.desk_db or Path(args.db).with_name("desk.db")
+    serve(DeskSettings(gallery=Path(args.db), events=events, desk_db=desk_db, models=args.models,
+                       card=configured_card(args), host=host, port=port, tls_cert=args.tls_cert,
+                       tls_key=args.tls_key, mqtt_config=args.mqtt, signing_key=args.key,
+                       publish=publish_gallery))
+    return 0
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from desk.operators import OperatorStore, checked_password
+
+    desk_db = args.desk_db or Path(args.db).with_name("desk.db")
+    store = OperatorStore(desk_db)
+    try:
+        if store.exists(args.operator_name):
+            raise EnrolmentError(f"an operator named {args.operator_name.strip()!r} already exists in {desk_db}")
+        password = checked_password(read_secret("password: "), read_secret("again: "))
+        operator = store.add(args.operator_name, args.role, password)
+    finally:
+        store.close()
+    print(f"operator {escaped(operator.name)!r} ({operator.role}) added to {desk_db}")
+    return 0
+
+
+def read_secret(prompt: str) -> str:
+    """A password from the terminal without echo, or one line of stdin when not on a terminal."""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(prompt)
+    return sys.stdin.readline().rstrip("\n")
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
