@@ -5,8 +5,8 @@
 #
 #   ./facegate.sh demo [ARGS...]   run the main job on its embedded default
 #   ./facegate.sh test [ARGS...]   install the test tools and run the test suite; as root with
-#                                  apt-get, it also installs Mosquitto for the broker tests
-#                                  (without it those tests skip)
+#                                  apt-get, it also installs Mosquitto for the broker tests and
+#                                  chromium for the desk's browser test (without them those skip)
 #   ./facegate.sh lock [ARGS...]   install the newest versions in build/lock-venv, run the
 #                                  test suite there (ARGS go to pytest) and, only if it
 #                                  passes, pin them in constraints.txt
@@ -73,6 +73,23 @@ ensure_mosquitto() {
     [ -z "$installed" ] || return 0
   fi
   echo "facegate: mosquitto is not installed (sudo apt-get install mosquitto): the broker tests will skip" >&2
+}
+
+# The desk's browser test (tests/test_desk_browser.py) drives Debian's chromium through Playwright;
+# Playwright's own browser download is never used.
+ensure_chromium() {
+  if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then
+    return
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing chromium for the desk's browser test"
+    if DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; }; then
+      return
+    fi
+  fi
+  echo "facegate: chromium is not installed (sudo apt-get install chromium): the desk's browser test will skip" >&2
 }
 
 venv_python_version() {
@@ -219,6 +236,7 @@ case "$job" in
     ensure_venv
     ensure_installed "[dev]"
     ensure_mosquitto
+    ensure_chromium
     exec "$venv/bin/python" -m pytest "$@"
     ;;
   lock)
