@@ -67,7 +67,41 @@ def check_config(path: Path) -> int:
         print(f"{path}: valid, but cannot run on this machine: {error}", file=sys.stderr)
         return 1
     print(f"{path}: valid")
+    for line in threshold_report(config):
+        print(line)
     return 0
+
+
+def threshold_report(config: config_module.Config) -> list[str]:
+    """The match threshold this door decides with, for its gallery now (where the file is there) and for
+    100, 1,000 and 10,000 people of three photos, with the FPIR and TPIR the embedder card leads to expect."""
+    import sqlite3
+
+    from daemon.decision import threshold_in_force
+    from daemon.gallery import Gallery, GalleryError
+
+    sizes = []
+    if config.gallery.path.exists():
+        try:
+            with Gallery.open(config.gallery.path) as gallery:
+                count = len(gallery.snapshot(config.embedder.id, with_vectors=False).template_ids)
+            sizes.append((f"the gallery now, {count} templates", count))
+        except (GalleryError, OSError, sqlite3.Error) as error:
+            sizes.append((f"the gallery cannot be read ({error}); 1 template", 1))
+    sizes += [(f"{people:,} people x 3 photos", 3 * people) for people in (100, 1_000, 10_000)]
+    lines = []
+    for label, count in sizes:
+        threshold = threshold_in_force(config.decision, config.embedder, count)
+        fpir = "" if threshold.expected_fpir is None else f", FPIR {threshold.expected_fpir:.1e} per probe"
+        tpir = "" if threshold.expected_tpir is None else f", TPIR about {threshold.expected_tpir:.1%} per image"
+        lines.append(f"threshold for {label}: {threshold.value:.4f}{fpir}{tpir}")
+    card = config.embedder
+    if config.decision.threshold is not None or card.impostor_tail is None:
+        origin = threshold.source
+    else:
+        origin = f"decision.max_fpir {config.decision.max_fpir:g} and the impostor tail in {card.path}"
+    lines.append(f"  from {origin}" + ("" if card.tpir_source is None else f"; TPIR measured {card.tpir_source}"))
+    return lines
 
 
 def serve(path: Path) -> int:

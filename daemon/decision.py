@@ -17,8 +17,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from daemon.tracker import Track
+from engines import open_set
 from engines.liveness_temporal import track_live_score
+from engines.model_card import ModelCard
 
 
 class MatchView(Protocol):
@@ -32,16 +36,68 @@ class MatchView(Protocol):
 
 @dataclass(frozen=True)
 class DecisionConfig:
-    threshold: float  # a frame matches when its distance is below this (the model card's default)
+    # A frame matches when its distance is below the threshold in force: this one where it is set (an
+    # explicit override), else the one that holds max_fpir for the gallery's size (threshold_in_force).
+    threshold: float | None = None
     margin: float = 0.05  # and the runner-up person is at least this much further away
     k: int = 3  # frames that must agree on one person ...
     n: int = 5  # ... among the track's last n frames
+    max_fpir: float = 1e-3  # per probe: the share of a stranger's frames that may vote for an enrolled person
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.n:
             raise ValueError(f"decision.k = {self.k} is not allowed: expected 1 <= k <= n ({self.n})")
-        if self.threshold <= 0 or self.margin < 0:
+        if self.threshold is not None and self.threshold <= 0 or self.margin < 0:
             raise ValueError("decision.threshold must be positive and decision.margin not negative")
+        if not 0 < self.max_fpir < 1:
+            raise ValueError(f"decision.max_fpir = {self.max_fpir} is not allowed: expected a rate between 0 and 1")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """The distance threshold in force and where it comes from (logged, shown by check-config)."""
+
+    value: float
+    source: str
+    comparisons: int  # the gallery's templates it was derived for (1: a claimed identity)
+    expected_fpir: float | None  # per probe, by the card's impostor model; None without one
+    # per image, interpolated in the card's measured embedding.tpir_at_threshold; None outside its range
+    expected_tpir: float | None = None
+
+
+def threshold_in_force(config: DecisionConfig, card: ModelCard, comparisons: int) -> Threshold:
+    """The threshold a door searching `comparisons` templates (index.count) decides with.
+
+    decision.threshold wins where set. Otherwise the embedder card's impostor tail gives the distance
+    at which a stranger's best match of that many templates falls under it with probability max_fpir
+    (engines/open_set.py); a card without a measured tail keeps its own 1:1 threshold, and FPIR then
+    grows with the gallery.
+    """
+    comparisons = max(int(comparisons), 1)
+    tail = card.impostor_tail
+    if config.threshold is not None:
+        expected = None if tail is None or config.threshold > tail.tail_start else \
+            open_set.expected_fpir(tail, config.threshold, comparisons)
+        return Threshold(config.threshold, "decision.threshold in the config", comparisons, expected,
+                         _expected_tpir(card, config.threshold))
+    if tail is None:
+        return Threshold(card.threshold, f"the card's 1:1 threshold ({card.path.name} has no embedding.impostor_tail: "
+                         "FPIR grows with the gallery)", comparisons, None, _expected_tpir(card, card.threshold))
+    value = open_set.identification_threshold(tail, config.max_fpir, comparisons)
+    return Threshold(value, f"max_fpir {config.max_fpir:g} for {comparisons} templates ({card.path.name} impostor tail)",
+                     comparisons, open_set.expected_fpir(tail, value, comparisons), _expected_tpir(card, value))
+
+
+def _expected_tpir(card: ModelCard, threshold: float) -> float | None:
+    measured = card.tpir_at_threshold
+    if not measured or not measured[0][0] <= threshold <= measured[-1][0]:
+        return None
+    return float(np.interp(threshold, [t for t, _ in measured], [r for _, r in measured]))
+
+
+def claimed_threshold(config: DecisionConfig, card: ModelCard) -> Threshold:
+    """A claimed identity (a card or PIN names the person): one comparison, 1:1, at max_fpir as its FAR."""
+    return threshold_in_force(config, card, 1)
 
 
 @dataclass(frozen=True)
@@ -55,6 +111,9 @@ class Decision:
     # for an unknown face, the window's frames); None where liveness was not computed.
     live_score: float | None = None
     attack: bool = False  # the identity votes agreed, but the frames were judged a presentation attack
+    # The closest match any of the track's frames had, voting or not: for an unknown face, the enrolled
+    # person it came nearest to (a near miss to audit); None where no frame had a match.
+    nearest: MatchView | None = None
 
 
 class Decider:
@@ -64,14 +123,21 @@ class Decider:
     liveness is off, and identity alone decides.
     """
 
-    def __init__(self, config: DecisionConfig, live_threshold: float | None = None) -> None:
+    def __init__(self, config: DecisionConfig, live_threshold: float | None = None,
+                 threshold: float | None = None) -> None:
         self.config = config
         self.live_threshold = live_threshold
+        # The distance threshold in force: threshold_in_force's value for the gallery now (the service
+        # sets it again when the gallery changes), or config.threshold.
+        self.threshold = threshold if threshold is not None else config.threshold
+        if self.threshold is None:
+            raise ValueError("a Decider needs a threshold: decision.threshold or threshold_in_force's value")
         self._best: dict[tuple[int, int], tuple[float, str]] = {}
+        self._nearest: dict[int, MatchView] = {}  # track id -> the closest match of its frames
 
     def vote(self, match: MatchView | None) -> int | None:
         """The person this frame speaks for, or None when it is not a confident match."""
-        if match is None or match.distance >= self.config.threshold:
+        if match is None or match.distance >= self.threshold:
             return None
         if match.runner_up_distance - match.distance < self.config.margin:
             return None
@@ -85,6 +151,8 @@ class Decider:
         track.live.append(None if live is None else float(live))
         del track.votes[:-self.config.n]
         del track.live[:-self.config.n]
+        if match is not None and (track.id not in self._nearest or match.distance < self._nearest[track.id].distance):
+            self._nearest[track.id] = match
         if person is not None:
             key = (track.id, person)
             if key not in self._best or match.distance < self._best[key][0]:
@@ -96,6 +164,7 @@ class Decider:
     def forget(self, live_track_ids: set[int]) -> None:
         """Drop per-track memory of tracks that have ended."""
         self._best = {key: value for key, value in self._best.items() if key[0] in live_track_ids}
+        self._nearest = {key: value for key, value in self._nearest.items() if key in live_track_ids}
 
     def _decide(self, track: Track) -> Decision | None:
         counts = Counter(v for v in track.votes if v is not None)
@@ -118,5 +187,6 @@ class Decider:
         if window_full and not track.reported_unknown and track.votes.count(None) > self.config.n - self.config.k:
             track.reported_unknown = True
             scores = [s for s in track.live if s is not None]
-            return Decision(track.id, None, None, None, track.frames, track_live_score(scores) if scores else None)
+            return Decision(track.id, None, None, None, track.frames, track_live_score(scores) if scores else None,
+                            nearest=self._nearest.get(track.id))
         return None

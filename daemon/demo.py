@@ -74,7 +74,7 @@ def _frame_at(clip: Path, index: int) -> np.ndarray:
 class LiveLog:
     """Prints new faces, decisions and door changes with the clip's time; optionally annotates."""
 
-    def __init__(self, threshold: float, annotate: Path | None) -> None:
+    def __init__(self, threshold: float | None, annotate: Path | None) -> None:
         self.threshold = threshold
         self.seen: set[int] = set()
         self.relay_on_video_time: list[float] = []
@@ -137,6 +137,7 @@ def run_demo(annotate: Path | None = None, fast: bool = False) -> int:
         print(f"enrolled {ENROL_NAME!r} from frame {ENROL_FRAME} of the clip\n")
         live = LiveLog(config.decision.threshold, annotate)
         service = DoorService(config, on_frame=live)
+        live.threshold = service.decider.threshold  # the threshold in force for this gallery's size
         service.install_signal_handlers()
         started = time.monotonic()
         code = service.run()

@@ -8,7 +8,6 @@ writing never raises: a full disk, a locked or broken database each cost a WARNI
 and the events wait in a bounded in-memory backlog that the next successful write flushes — the
 door keeps working either way. Reading (the operator's tools) raises EventLogError with a clear message.
 
-
 Face snapshots are biometric data: they are kept only when asked for (keep_snapshots) and
 live in their own table, deleted with their event. face_snapshot() makes one from a frame and
 a face box; the door passes it with its decisions only while events.snapshots is on.
@@ -99,6 +98,16 @@ def face_snapshot(rgb: np.ndarray, box: Sequence[float]) -> bytes | None:
     except (ValueError, TypeError, cv2.error) as error:
         log.warning("no snapshot for face box %s: %s", list(box), error)
         return None
+
+
+def unknown_reason(nearest: Any, threshold: float) -> str:
+    """An unknown_face event's reason: the enrolled person the face came closest to (a Match: person_id,
+    name, distance), the distance and the threshold in force, so a site can audit its near misses. The
+    person stays in the text, not in person_id: the face was not theirs, and a person's events are theirs."""
+    if nearest is None:
+        return f"no enrolled person matched (threshold in force {threshold:.4f}; the gallery gave no candidate)"
+    return (f"no enrolled person matched: closest {nearest.name} (id {nearest.person_id}) at distance "
+            f"{nearest.distance:.4f}, threshold in force {threshold:.4f}")
 
 
 OPERATOR_KIND = "operator"  # a change made at the front desk (desk/): who, from where, what

@@ -10,6 +10,8 @@ GET /metrics (Prometheus text format):
   facegate_relay_on, facegate_door_open            1/0; door_open is absent without a door contact
   facegate_camera_reconnects_total                 a counter read from the camera source's stats
   facegate_gallery_people, facegate_gallery_version  enrolled people; the synced bundle version or 0
+  facegate_decision_threshold, facegate_gallery_templates  the match distance threshold in force, and the
+                                                   templates searched that it was derived for (daemon/service.py)
   facegate_mqtt_connected, facegate_mqtt_backlog   1/0; events the broker has not acknowledged yet
   facegate_event_write_failures_total              event log writes that failed (full disk, locked or broken file)
   facegate_events_dropped_total                    events lost: the in-memory backlog overflowed while writes failed

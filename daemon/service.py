@@ -22,9 +22,9 @@ import numpy as np
 from daemon import config as config_module
 from daemon.clock import clock_for
 from daemon.config import Config
-from daemon.decision import Decider, Decision
+from daemon.decision import Decider, Decision, Threshold, threshold_in_force
 from daemon.door import Door, make_pin_factory
-from daemon.events import EventLog, face_snapshot
+from daemon.events import EventLog, face_snapshot, unknown_reason
 from daemon.fleet.commands import Command
 from daemon.gallery import GalleryReader, escaped, listed
 from daemon.metrics import DoorMetrics, MetricsError, MetricsServer
@@ -142,7 +142,12 @@ class DoorService:
             self.close()
             raise
         self.tracker = Tracker(config.tracker_iou, config.track_max_age)
-        self.decider = Decider(config.decision, config.liveness.live_threshold)
+        self.threshold = self._threshold_in_force()
+        self.decider = Decider(config.decision, config.liveness.live_threshold, self.threshold.value)
+        self.metrics.watch("facegate_decision_threshold", "Distance threshold in force (a frame matches below it)",
+                           lambda: self.threshold.value)
+        self.metrics.watch("facegate_gallery_templates", "Templates searched per face (the threshold's gallery size)",
+                           lambda: self.gallery.index.count)
         self._last_unknown_event = -float("inf")
         self._next_gallery_check = 0.0
         self._next_status = 0.0
@@ -160,6 +165,7 @@ class DoorService:
             self.events.record("start", door=self.door.config.name, reason=self.source.describe())
             self._start_reporting()
             _log_liveness(self.config)
+            _log_threshold(self.threshold)
             guard.start()
             ready = False
             while not self._stop.is_set():
@@ -238,6 +244,7 @@ class DoorService:
                 self.gallery.refresh()
                 self.gallery_version = self.gallery.synced_bundle()
                 log.info("gallery changed: %d people", self.gallery.index.people)
+                self._follow_gallery_size()
         frame = self.source.read(timeout=0.5)
         if frame is None:
             return not getattr(self.source, "exhausted", False)
@@ -289,7 +296,8 @@ class DoorService:
             if now - self._last_unknown_event >= self.config.events.unknown_log_interval:
                 self._last_unknown_event = now
                 self.events.record("unknown_face", door=door, track_id=decision.track_id,
-                                   score=_nearest(observation), reason="no enrolled person matched",
+                                   score=None if decision.nearest is None else decision.nearest.distance,
+                                   reason=unknown_reason(decision.nearest, self.decider.threshold),
                                    snapshot=self._snapshot(frame, observation))
                 log.info("unknown face on track %d%s", decision.track_id, _live_text(decision))
             return
@@ -468,13 +476,25 @@ class DoorService:
         liveness_changed = fresh.liveness != self.config.liveness
         self.config = fresh
         # Tracks keep their votes and live scores: a new Decider judges them from here on.
-        self.decider = Decider(fresh.decision, fresh.liveness.live_threshold)
+        self.decider = Decider(fresh.decision, fresh.liveness.live_threshold, self.threshold.value)
         if liveness_changed:
             _log_liveness(fresh)
         self.recogniser.limits = fresh.quality
         logging.getLogger("facegate").setLevel(fresh.log_level)
         self.gallery.refresh()
         log.info("config reloaded from %s; gallery: %d people", fresh.path, self.gallery.index.people)
+        self._follow_gallery_size()  # decision.threshold or max_fpir may have changed, and the gallery
+
+    def _threshold_in_force(self) -> Threshold:
+        return threshold_in_force(self.config.decision, self.config.embedder, self.gallery.index.count)
+
+    def _follow_gallery_size(self) -> None:
+        """A gallery of another size needs another threshold to hold decision.max_fpir."""
+        fresh = self._threshold_in_force()
+        if fresh.value != self.threshold.value:
+            _log_threshold(fresh)
+        self.threshold = fresh
+        self.decider.threshold = fresh.value
 
     def _status(self) -> str:
         recent = self.stats.frame_ms
@@ -511,12 +531,13 @@ def _log_liveness(config: Config) -> None:
                     config.path or "the config")
 
 
+def _log_threshold(threshold: Threshold) -> None:
+    expected = "" if threshold.expected_fpir is None else f", modelled FPIR {threshold.expected_fpir:.1e} per probe"
+    log.info("match threshold in force: distance %.4f from %s%s", threshold.value, threshold.source, expected)
+
+
 def _live_text(decision: Decision) -> str:
     return "" if decision.live_score is None else f", live {decision.live_score:.3f}"
-
-
-def _nearest(observation: Observation) -> float | None:
-    return None if observation.match is None else observation.match.distance
 
 
 def _discovery(config: Config) -> list[tuple[str, dict]]:

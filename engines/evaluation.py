@@ -155,3 +155,54 @@ def open_set(distances: np.ndarray, identities: np.ndarray, threshold: float, se
     return OpenSet(len(enrolled), len(names) - len(enrolled),
                    known_hits / known if known else float("nan"),
                    unknown_rejected / unknown if unknown else float("nan"))
+
+
+def cross_distances(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    """len(a) x len(b) distances under the card's metric (pairwise_distances between two sets)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    if metric == "cosine":
+        return 1.0 - (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
+    squared = (a ** 2).sum(axis=1)[:, None] + (b ** 2).sum(axis=1)[None, :] - 2 * a @ b.T
+    return np.sqrt(np.maximum(squared, 0.0))
+
+
+@dataclass(frozen=True)
+class OpenSetCurve:
+    """Open-set 1:N rates over every threshold (ISO/IEC 19795-1, NIST FRVT 1:N terms): a probe's frame votes
+    when its best match is closer than the threshold and clears the runner-up margin."""
+
+    thresholds: np.ndarray  # ascending distances
+    fpir: np.ndarray  # strangers whose frame votes for anyone
+    tpir: np.ndarray  # genuine probes whose frame votes for their own person (FNIR = 1 - TPIR)
+
+
+def open_set_curve(genuine_distance: np.ndarray, genuine_counts: np.ndarray, stranger_distance: np.ndarray,
+                   stranger_counts: np.ndarray) -> OpenSetCurve:
+    """The rates at every distinct best-match distance. genuine_counts: the probe's best match is its own person
+    and clears the margin (it votes right at any threshold above its distance); stranger_counts: it clears the
+    margin (it votes for someone). The margin does not depend on the threshold, so both rates grow with it."""
+    if len(genuine_distance) == 0 or len(stranger_distance) == 0:
+        raise ValueError("an open-set curve needs genuine and stranger probes")
+    voting_genuine = np.sort(genuine_distance[genuine_counts])
+    voting_strangers = np.sort(stranger_distance[stranger_counts])
+    finite = np.concatenate([voting_genuine, voting_strangers])
+    values = np.unique(finite[np.isfinite(finite)])
+    thresholds = np.concatenate([values, [np.nextafter(values[-1], np.inf)]]) if len(values) else np.array([np.inf])
+    tpir = np.searchsorted(voting_genuine, thresholds, side="left") / len(genuine_distance)
+    fpir = np.searchsorted(voting_strangers, thresholds, side="left") / len(stranger_distance)
+    return OpenSetCurve(thresholds, fpir, tpir)
+
+
+def tpir_at_fpir(curve: OpenSetCurve, target: float) -> float:
+    """TPIR at the largest threshold whose FPIR does not exceed target."""
+    return float(curve.tpir[np.flatnonzero(curve.fpir <= target)[-1]])
+
+
+def threshold_at_fpir(curve: OpenSetCurve, target: float) -> float:
+    """The largest threshold whose FPIR does not exceed target (the empirical one the model should predict)."""
+    return float(curve.thresholds[np.flatnonzero(curve.fpir <= target)[-1]])
+
+
+def tpir_at_threshold(curve: OpenSetCurve, threshold: float) -> float:
+    """TPIR at any threshold: the rates step at the curve's thresholds, and just above one hold the next one's."""
+    return float(curve.tpir[min(int(np.searchsorted(curve.thresholds, threshold, side="left")), len(curve.tpir) - 1)])

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from engines.open_set import ImpostorTail
+
 CARD_VERSION = 1
 ROLES = ("pnet", "rnet", "onet", "embedder", "liveness")
 METRICS = ("euclidean", "cosine")
@@ -64,6 +66,13 @@ class ModelCard:
     liveness: Liveness | None
     source: dict[str, str]
     licence: str
+    # embedder: the measured impostor distance tail (embedding.impostor_tail) that sets the door's threshold
+    # for its gallery's size (engines/open_set.py); None where the card has not measured one.
+    impostor_tail: ImpostorTail | None = None
+    # embedder: the measured per-image TPIR at thresholds (embedding.tpir_at_threshold: [[distance, tpir], ...],
+    # ascending), so check-config can say what the threshold in force costs; empty where not measured.
+    tpir_at_threshold: tuple[tuple[float, float], ...] = ()
+    tpir_source: str | None = None
 
     @property
     def model_path(self) -> Path:
@@ -212,7 +221,27 @@ class _Reader:
             alignment=self._alignment() if embedder else None,
             liveness=self._liveness() if role == "liveness" else None,
             source={str(k): str(v) for k, v in self.get("source", dict).items()},
-            licence=self.get("licence", str))
+            licence=self.get("licence", str),
+            impostor_tail=self._impostor_tail() if embedder else None,
+            tpir_at_threshold=self._tpir_at_threshold() if embedder else (),
+            tpir_source=self.get("embedding.tpir_source", str, required=False) if embedder else None)
+
+    def _tpir_at_threshold(self) -> tuple[tuple[float, float], ...]:
+        raw = self.get("embedding.tpir_at_threshold", list, required=False)
+        if raw is None:
+            return ()
+        pairs = self.numbers("embedding.tpir_at_threshold", (len(raw), 2))
+        if np.any(np.diff(pairs[:, 0]) <= 0) or np.any((pairs[:, 1] < 0) | (pairs[:, 1] > 1)):
+            self.fail("embedding.tpir_at_threshold", raw, "[distance, tpir] pairs with ascending distances and "
+                                                          "rates from 0 to 1")
+        return tuple((round(float(t), 6), round(float(r), 6)) for t, r in pairs)  # float32 in numbers()
+
+    def _impostor_tail(self) -> ImpostorTail | None:
+        raw = self.get("embedding.impostor_tail", dict, required=False)
+        try:
+            return None if raw is None else ImpostorTail.from_card(raw, "embedding.impostor_tail")
+        except ValueError as error:
+            raise ModelCardError(f"{self.path}: {error}") from None
 
     def _metric(self) -> str:
         metric = self.get("embedding.metric", str)

@@ -1,13 +1,15 @@
 """IoU tracking and the K-of-N decision."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 
-from daemon.decision import Decider, DecisionConfig
+from daemon.decision import Decider, DecisionConfig, claimed_threshold, threshold_in_force
 from daemon.tracker import Tracker, iou
+from engines.model_card import find_card
+from tests.conftest import MODELS
 
 
 @dataclass
@@ -180,3 +182,52 @@ def test_an_unknown_face_carries_the_median_live_score_of_its_window():
     track = new_track()
     [decision] = feed_live(decider, track, [(None, s) for s in (0.2, 0.9, 0.8, 0.7, 0.1)])
     assert decision.person_id is None and not decision.attack and decision.live_score == pytest.approx(0.7)
+
+
+# --- the threshold in force: held at decision.max_fpir for the gallery's size -------------------------------
+
+def test_an_unknown_face_names_the_closest_person_its_frames_came_to():
+    decider = Decider(DecisionConfig(threshold=0.5, k=3, n=5))
+    track = new_track()
+    decisions = feed(decider, track, [M(3, "bob", 0.62), M(4, "cy", 0.55), None, M(3, "bob", 0.7), M(4, "cy", 0.58)])
+    [unknown] = decisions
+    assert unknown.person_id is None and unknown.distance is None
+    assert (unknown.nearest.person_id, unknown.nearest.name, unknown.nearest.distance) == (4, "cy", 0.55)
+
+
+def test_the_decider_votes_at_the_threshold_it_is_given_and_follows_a_new_one():
+    decider = Decider(DecisionConfig(), threshold=0.45)
+    assert decider.vote(M(7, "ann", 0.44)) == 7 and decider.vote(M(7, "ann", 0.46)) is None
+    decider.threshold = 0.40  # the gallery grew: the service sets the stricter threshold
+    assert decider.vote(M(7, "ann", 0.44)) is None
+    with pytest.raises(ValueError, match="needs a threshold"):
+        Decider(DecisionConfig())
+
+
+def test_a_bigger_gallery_gets_a_stricter_threshold_from_the_cards_impostor_tail():
+    card = find_card(MODELS, "embedder")
+    config = DecisionConfig()  # max_fpir 1e-3, no explicit threshold
+    values = [threshold_in_force(config, card, n).value for n in (1, 100, 1_000, 10_000)]
+    assert all(a > b for a, b in zip(values, values[1:])), values
+    at_1000 = threshold_in_force(config, card, 1_000)
+    assert at_1000.expected_fpir == pytest.approx(1e-3, rel=1e-6) and "max_fpir 0.001" in at_1000.source
+    # A stricter target is a stricter threshold; a claimed identity (1:1) the loosest of all.
+    assert threshold_in_force(DecisionConfig(max_fpir=1e-4), card, 1_000).value < at_1000.value
+    assert claimed_threshold(config, card).value == values[0]
+
+
+def test_an_explicit_threshold_overrides_the_model_and_a_card_without_a_tail_keeps_its_own():
+    card = find_card(MODELS, "embedder")
+    fixed = threshold_in_force(DecisionConfig(threshold=0.5), card, 5_000)
+    assert fixed.value == 0.5 and fixed.source == "decision.threshold in the config"
+    assert fixed.expected_fpir > threshold_in_force(DecisionConfig(threshold=0.5), card, 50).expected_fpir
+    untailed = replace(card, impostor_tail=None)
+    kept = threshold_in_force(DecisionConfig(), untailed, 5_000)
+    assert kept.value == card.threshold and "no embedding.impostor_tail" in kept.source
+    assert kept.expected_fpir is None
+
+
+def test_max_fpir_is_checked():
+    for bad in (0, 1, 2):
+        with pytest.raises(ValueError, match=f"decision.max_fpir = {bad} is not allowed"):
+            DecisionConfig(max_fpir=bad)

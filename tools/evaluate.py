@@ -1,6 +1,12 @@
 #!/usr/bin/env python3
 """Measure face verification and identification accuracy on a labelled photo set.
 
+Two sub-commands measure the door's open-set 1:N decision instead (tools/evaluate_identify.py;
+`evaluate.py identify --help`):
+  identify SPLIT.tsv   enrol the split's enrol rows as the front desk does, decide its genuine and
+                       stranger probes as the door does: FPIR, TPIR, misidentification, DET curve;
+  impostors SPLIT.tsv  fit the impostor distance tail that the embedder card records.
+
 SOURCE is one of:
   a folder with one sub-folder of photos per person;
   a TSV with a header `path<TAB>identity` (paths relative to --root);
@@ -200,14 +206,21 @@ def write_roc_png(curve: ev.Roc, path: Path, title: str) -> None:
 
 
 def write_curve_png(path: Path, title: str, x_values: np.ndarray, y_values: np.ndarray, x_label: str, y_label: str,
-                    low: float = -4.0, y_ticks: tuple[float, ...] = (0.0, 0.5, 0.9, 1.0)) -> None:
-    """A curve over a log x axis (10**low to 1) and a linear y axis (0 to 1), drawn with OpenCV as a PNG."""
+                    low: float = -4.0, y_ticks: tuple[float, ...] = (0.0, 0.5, 0.9, 1.0),
+                    y_low: float | None = None) -> None:
+    """A curve over a log x axis (10**low to 1) and a y axis from 0 to 1, drawn with OpenCV as a PNG:
+    linear, or with y_low a log axis from 10**y_low (a DET curve's FNIR)."""
     width, height, margin = 640, 480, 60
     image = np.full((height, width, 3), 255, np.uint8)
 
     def point(x: float, y: float) -> tuple[int, int]:
         x = (max(math.log10(max(x, 1e-12)), low) - low) / -low
+        if y_low is not None:
+            y = (max(math.log10(max(y, 1e-12)), y_low) - y_low) / -y_low
         return int(margin + x * (width - 2 * margin)), int(height - margin - y * (height - 2 * margin))
+
+    if y_low is not None:
+        y_ticks = tuple(10.0 ** e for e in range(int(y_low), 1))
 
     cv2.rectangle(image, point(10 ** low, 0), point(1, 1), (0, 0, 0), 1)
     for exponent in range(int(low), 1):
@@ -216,7 +229,8 @@ def write_curve_png(path: Path, title: str, x_values: np.ndarray, y_values: np.n
         cv2.putText(image, f"1e{exponent}", (x - 18, y + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
     for tick in y_ticks:
         x, y = point(10 ** low, tick)
-        cv2.putText(image, f"{tick:.1f}", (x - 40, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+        cv2.putText(image, f"{tick:.1f}" if y_low is None else f"{tick:g}", (x - 40, y + 5),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
     points = np.array([point(a, b) for a, b in zip(x_values, y_values)], np.int32)
     cv2.polylines(image, [points], False, (200, 60, 0), 2)
     cv2.putText(image, title, (margin, 35), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1)
@@ -250,7 +264,17 @@ def print_report(report: dict, failures: list[str], total: int) -> None:
         print(f"warning: only {report['impostor_pairs']} impostor pairs; FAR below {report['far_resolution']:.1e} is not measurable")
 
 
+def write_det_png(curve: ev.OpenSetCurve, path: Path, title: str) -> None:
+    """The DET curve (FNIR against FPIR, both on log axes) as a PNG."""
+    write_curve_png(path, title, curve.fpir, 1.0 - curve.tpir, "FPIR (log)", "FNIR", y_low=-3.0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["identify"], ["impostors"]):
+        from tools import evaluate_identify
+
+        return (evaluate_identify.main_identify if argv[0] == "identify" else evaluate_identify.main_impostors)(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="identity folder, identity TSV or pairs file")
     parser.add_argument("--root", type=Path, help="folder the listed paths are relative to")
