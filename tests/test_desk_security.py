@@ -4,13 +4,12 @@ headers and no inline script or style, escaped names, upload limits, the listen 
 operator CLI. The helpers here (desk_state, login) are the other desk tests' too."""
 from __future__ import annotations
 
-import io
 import re
+import shutil
 import sqlite3
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 
 pytest.importorskip("starlette", reason="the desk extra (starlette) is not installed")
 pytest.importorskip("multipart", reason="the desk extra (python-multipart) is not installed")
-from starlette.routing import Mount, Route  # noqa: E402
+from starlette.routing import Mount  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from daemon.events import EventReader  # noqa: E402
@@ -290,3 +289,18 @@ def test_operator_add_asks_twice_and_refuses_a_mismatch_or_a_short_password(tmp_
     again = run_cli("--db", db, "operator", "add", "Dana", stdin=f"{PASSWORD}\n{PASSWORD}\n")
     assert again.returncode == 1 and "already exists" in again.stderr
     assert (tmp_path / "desk.db").stat().st_mode & 0o077 == 0, "desk.db holds password hashes: owner-only"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_the_desk_unit_file_verifies_and_listens_on_loopback(tmp_path):
+    unit = (REPO / "systemd" / "facegate-desk.service").read_text()
+    # verify checks that ExecStart exists; point it at this interpreter.
+    (tmp_path / "facegate-desk.service").write_text(unit.replace("/opt/facegate/venv/bin/python", sys.executable))
+    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "facegate-desk.service")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "Unknown" not in result.stderr and "ignoring" not in result.stderr.lower(), result.stderr
+    [start] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert start.endswith(" serve") and "--listen" not in start and "--insecure-http" not in unit
+    for directive in ("User=facegate", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateDevices=yes"):
+        assert directive in unit

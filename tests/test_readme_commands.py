@@ -44,6 +44,8 @@ NOT_HERE = {
     "curl -s http://127.0.0.1:9108/healthz": "needs a running door with metrics.listen set "
                                              "(tests/test_fleet_service.py scrapes a running door's endpoint)",
     "mosquitto_sub ": "watches a broker until interrupted",
+    "python tools/enroll_local.py --db /var/lib/facegate/gallery.db serve": "serves the desk until interrupted "
+                                                                          "(tests/test_desk_browser.py runs it)",
 }
 # The start of each line that needs a broker: run against the tests' Mosquitto, skipped without one.
 NEEDS_BROKER = ("python tools/enroll_local.py --db /var/lib/facegate/gallery.db publish",)
