@@ -10,6 +10,8 @@ ignores a minority of odd frames either way, where the mean lets one extreme fra
 the verdict, the minimum denies a real person for one bad frame and the maximum grants a
 photo for one lucky frame. The track is granted when the median is at or above the
 threshold and denied as a presentation attack otherwise; either way it is decided once.
+A track whose landmarks moved as one flat picture (engines/planar_motion.py, over the track's
+latest frames) is denied as an attack whatever its scores (engines.liveness_temporal.judge_track).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import numpy as np
 
 from daemon.tracker import Track
 from engines import open_set
-from engines.liveness_temporal import track_live_score
+from engines.liveness_temporal import judge_track, track_live_score
+from engines.planar_motion import MAX_FRAMES
 from engines.model_card import ModelCard
 
 
@@ -114,6 +117,7 @@ class Decision:
     # The closest match any of the track's frames had, voting or not: for an unknown face, the enrolled
     # person it came nearest to (a near miss to audit); None where no frame had a match.
     nearest: MatchView | None = None
+    attack_reason: str | None = None  # why (judge_track's reason)
 
 
 class Decider:
@@ -143,9 +147,13 @@ class Decider:
             return None
         return match.person_id
 
-    def observe(self, track: Track, match: MatchView | None, live: float | None = None) -> Decision | None:
-        """Record one frame of a track (its match and its live score, if computed); returns a
-        decision the first time one is reached."""
+    def observe(self, track: Track, match: MatchView | None, live: float | None = None,
+                landmarks=None) -> Decision | None:
+        """Record one frame of a track (its match, its live score if computed, its face's 5x2
+        landmarks); returns a decision the first time one is reached."""
+        if landmarks is not None:
+            track.landmarks.append(landmarks)
+            del track.landmarks[:-MAX_FRAMES]
         person = self.vote(match)
         track.votes.append(person)
         track.live.append(None if live is None else float(live))
@@ -176,10 +184,13 @@ class Decider:
                     # Liveness was just switched on (SIGHUP): wait until k voting frames have a score.
                     return None
                 live = track_live_score(scores) if scores else None
-                attack = self.live_threshold is not None and live < self.live_threshold
+                verdict = None if self.live_threshold is None else judge_track(scores, track.landmarks,
+                                                                               self.live_threshold)
                 track.decided = True
                 distance, name = self._best[(track.id, person)]
-                return Decision(track.id, person, name, distance, track.frames, live, attack)
+                return Decision(track.id, person, name, distance, track.frames, live,
+                                verdict is not None and not verdict.live,
+                                attack_reason=verdict.reason if verdict is not None else None)
         # A full window in which no person can reach k is an unknown face. It is
         # reported once, but the track stays open: a face that was too small or
         # turned away may still be recognised as it comes closer.

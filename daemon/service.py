@@ -269,7 +269,8 @@ class DoorService:
         for i, observation in zip(pending, recognised):
             observations[i] = observation
             if observation.usable:
-                decision = self.decider.observe(tracks[i], observation.match, observation.liveness)
+                decision = self.decider.observe(tracks[i], observation.match, observation.liveness,
+                                                observation.face.landmarks)
                 if decision is not None:
                     self._decide(decision, frame, observation, now)
         self.decider.forget({t.id for t in self.tracker.tracks})
@@ -309,8 +310,7 @@ class DoorService:
             self.stats.attacks += 1
             self._outcome(decision, "attack", person.name, frame)
             self.panel.refused(ATTACK_REASON)
-            reason = (f"{ATTACK_REASON}: live score {decision.live_score:.3f} below the liveness threshold "
-                      f"{self.decider.live_threshold:.3f}")
+            reason = f"{ATTACK_REASON}: {decision.attack_reason}"
             self.events.record("deny", door=door, person_id=person.id, person_name=person.name,
                                external_id=person.external_id, score=decision.distance,
                                track_id=decision.track_id, reason=reason,
