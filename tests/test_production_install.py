@@ -20,6 +20,9 @@ far as it runs on a machine without the vendor modules: its dry run names the ri
 and a real install with the vendor check skipped installs everything but OpenCV and then
 refuses, because the venv has no cv2.
 
+The documented extras get a venv each: `[desk]` must serve the front desk's login page and `[panel]`
+must run the OSDP reader's key tool, from the installed package.
+
 pip's cache is used, so after the first run these installs take seconds of downloading; they
 need PyPI (or the machine's wheel mirror) and skip only where a venv cannot be made at all.
 """
@@ -70,9 +73,10 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(command: list, cwd: Path, timeout: float = RUN_TIMEOUT, **env: str) -> subprocess.CompletedProcess:
+def run(command: list, cwd: Path, timeout: float = RUN_TIMEOUT, input: str | None = None,
+        **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(part) for part in command], cwd=cwd, env=clean_env(**env), capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, input=input)
 
 
 def output(result: subprocess.CompletedProcess) -> str:
@@ -213,6 +217,61 @@ def test_a_door_from_the_production_install(production: Production, tmp_path: Pa
     grants = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [grant["person_name"] for grant in grants] == [PERSON], output(served)
     assert grants[0]["has_snapshot"] is True
+
+
+def test_the_desk_and_panel_extras_install_and_start(tmp_path: Path) -> None:
+    """The documented extras, each alone in a fresh venv as a site installs them: the desk serves its
+    login page from the installed package, and the panel's OSDP stack imports and makes a reader key."""
+    source = copy_source(tmp_path / "source")
+    tools = tmp_path / "outside" / "tools"
+    shutil.copytree(REPO / "tools", tools, ignore=NOT_SOURCE)
+    work = tmp_path / "work"
+    work.mkdir()
+    for extra in ("desk", "panel"):
+        python = make_venv(tmp_path / f"venv-{extra}")
+        result = run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                      "-c", source / "constraints.txt", f"{source}[{extra}]"], cwd=tmp_path, timeout=INSTALL_TIMEOUT)
+        assert result.returncode == 0, f"pip install -c constraints.txt '.[{extra}]' failed: {output(result)}"
+        if extra == "panel":
+            key = tmp_path / "osdp.key"
+            made = run([python, "-m", "daemon.panel.osdp_reader", "new-key", key], cwd=work)
+            assert made.returncode == 0, output(made)
+            assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_text().strip()) == 32
+            continue
+        gallery = tmp_path / "gallery.db"
+        added = run([python, tools / "enroll_local.py", "--db", gallery, "operator", "add", "Dana", "--role", "admin"],
+                    cwd=work, input="a long desk password\na long desk password\n")
+        assert added.returncode == 0, output(added)
+        port = free_port()
+        desk = subprocess.Popen([python, tools / "enroll_local.py", "--db", gallery, "serve", "--listen",
+                                 f"127.0.0.1:{port}"], cwd=work, env=clean_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            page = _get_when_up(f"http://127.0.0.1:{port}/login", desk)
+            assert "csrf" in page.lower() and "password" in page.lower(), page[:500]
+        finally:
+            desk.terminate()
+            log = desk.communicate(timeout=30)[0]
+        assert "Traceback" not in log, log
+
+
+def _get_when_up(url: str, process: subprocess.Popen, deadline_s: float = 120) -> str:
+    """The page at url once the server answers; fails with its output if it exits first."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + deadline_s
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"the desk exited with {process.returncode}: {process.stdout.read()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read().decode()
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the desk did not answer {url} within {deadline_s} s")
+            time.sleep(0.5)
 
 
 def setup_cfg_list(key: str) -> list[str]:
